@@ -1,0 +1,611 @@
+--- luacow: policy library for the nbdkit luacow filter.
+--
+-- The filter keeps a copy-on-write overlay over its plugin and saves it as
+-- a qcow2 file.  *When* and *where* it saves (and what it reloads, which
+-- cluster size it uses, ...) is decided by a policy: a Lua script, run once
+-- at startup, that returns a table.  Every field of that table is optional
+-- and falls back to `luacow.default`; a field is either a value or a
+-- function called with the arguments listed below that returns the value.
+--
+--    field         when               gets         returns
+--    cluster_size  once at startup    disk         power of two 512..2097152, or "64K"
+--    load          once at startup    disk         nil/false, or a path to reload
+--    events        startup            -            list of "flush", "close", "interval"
+--    interval      startup            -            seconds between "interval" events
+--    save          "exit" + events    ctx          boolean: save now?
+--    name          when saving        ctx          path of the qcow2 to write
+--    backing       when saving        ctx          nil, path, or {file=, format=, embed=}
+--    compress      when saving        ctx          false, true/"deflate", or "zstd"
+--    saved         after a save       ctx, result  ignored
+--
+-- `disk` is `{size, cluster_size, params, cwd, script}`; `ctx` is disk's
+-- fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
+-- data_clusters, zero_clusters, started, now, loaded, last_save}`.
+--
+-- The filter calls `luacow.policy(t)` once on the script's result and
+-- `luacow.evaluate(P, field, ...)` whenever it needs a field.  Both raise
+-- plain messages (`error(msg, 0)`) that the filter prefixes with the
+-- script's name.  Relative paths are returned as they are: the filter
+-- resolves them against `disk.cwd`.
+--
+-- The other functions (`expand`, `size`, `latest`, `keep`, `log`,
+-- `resolve`, `exists`) are helpers for policy scripts.  `latest` and `keep`
+-- need the small C module `luacow.core`; it is loaded only when they are
+-- first called, so everything else works in plain Lua.
+-- @module luacow
+
+local M = {}
+
+M._VERSION = "luacow scm"
+
+--- The valid policy field names, in documentation order.
+M.FIELDS = { "cluster_size", "load", "events", "interval", "save", "name",
+             "backing", "compress", "saved" }
+
+--- The events a policy may ask for besides "exit" (which is always on).
+M.EVENTS = { "flush", "close", "interval" }
+
+local IS_FIELD, IS_EVENT = {}, {}
+for _, f in ipairs(M.FIELDS) do IS_FIELD[f] = true end
+for _, e in ipairs(M.EVENTS) do IS_EVENT[e] = true end
+
+local MIN_CLUSTER, MAX_CLUSTER = 512, 2097152
+
+---------------------------------------------------------------- helpers
+
+-- A short printable rendering of any value, for "got ..." in messages.
+local function show (v)
+  local t = type(v)
+  if t == "string" then
+    if #v > 60 then v = v:sub(1, 57) .. "..." end
+    return (string.format("%q", v):gsub("\\\n", "\\n"))
+  elseif t == "number" or t == "boolean" or t == "nil" then
+    return tostring(v)
+  end
+  return t
+end
+
+-- Policy errors: no position, the filter prefixes the script name.
+local function fail (msg)
+  error(msg, 0)
+end
+
+local function levenshtein (a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function contains (list, x)
+  for _, v in ipairs(list) do
+    if v == x then return true end
+  end
+  return false
+end
+
+-- Parses a byte count: a non-negative integer, or a string of digits with
+-- an optional K, M, G or T suffix (powers of 1024, case-insensitive).
+-- Returns the integer, or nil.
+local SHIFT = { [""] = 0, k = 10, m = 20, g = 30, t = 40 }
+local function parse_size (v)
+  if type(v) == "number" then
+    local n = math.tointeger(v)
+    if n and n >= 0 then return n end
+    return nil
+  elseif type(v) == "string" then
+    local digits, suffix = v:match("^%s*(%d+)%s*([KkMmGgTt]?)%s*$")
+    if not digits then return nil end
+    local n = math.tointeger(tonumber(digits))
+    local shift = SHIFT[suffix:lower()]
+    if not n or n > (math.maxinteger >> shift) then return nil end
+    return n << shift
+  end
+  return nil
+end
+
+---------------------------------------------------------------- validators
+-- One per field: takes the raw value (a static value or what the field's
+-- function returned) and returns the normalized value, or raises
+-- "<field> must be ..., got ...".
+
+local check = {}
+
+function check.cluster_size (v)
+  local n = parse_size(v)
+  if n and n >= MIN_CLUSTER and n <= MAX_CLUSTER and n & (n - 1) == 0 then
+    return n
+  end
+  fail(("cluster_size must be a power of two from %d to %d, got %s")
+       :format(MIN_CLUSTER, MAX_CLUSTER, show(v)))
+end
+
+function check.load (v)
+  if v == nil or v == false then return nil end
+  if type(v) == "string" and v ~= "" then return v end
+  fail("load must be nil, false or a path (non-empty string), got " .. show(v))
+end
+
+local EVENTS_MUST = 'events must be a list of "flush", "close" and "interval", got '
+
+function check.events (v)
+  if v == nil then return {} end
+  if type(v) ~= "table" then fail(EVENTS_MUST .. show(v)) end
+  local n = #v
+  for k in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      fail(EVENTS_MUST .. "a table with key " .. show(k))
+    end
+  end
+  local out, seen = {}, {}
+  for i = 1, n do
+    local e = v[i]
+    if not IS_EVENT[e] then
+      local why = e == "exit" and ' ("exit" is always an event)' or ""
+      fail(EVENTS_MUST .. show(e) .. " at index " .. i .. why)
+    end
+    if not seen[e] then
+      seen[e] = true
+      out[#out + 1] = e
+    end
+  end
+  return out
+end
+
+function check.interval (v)
+  if v == nil or v == false then return nil end
+  if type(v) == "number" and v > 0 and v < math.huge then return v end
+  fail("interval must be nil or a number of seconds > 0, got " .. show(v))
+end
+
+function check.save (v)
+  if v == nil then return false end
+  if type(v) == "boolean" then return v end
+  fail("save must be a boolean (nil means false), got " .. show(v))
+end
+
+function check.name (v)
+  if v == nil or v == false then return nil end
+  if type(v) == "string" and v ~= "" then return v end
+  fail("name must be nil or a path (non-empty string), got " .. show(v))
+end
+
+local BACKING_KEYS = { file = true, format = true, embed = true }
+
+function check.backing (v)
+  if v == nil or v == false then return nil end
+  if type(v) == "string" and v ~= "" then
+    return { file = v, format = "raw", embed = false }
+  end
+  if type(v) ~= "table" then
+    fail("backing must be nil, a path or {file=, format=, embed=}, got " .. show(v))
+  end
+  local keys = {}
+  for k in pairs(v) do
+    if not BACKING_KEYS[k] then keys[#keys + 1] = show(k) end
+  end
+  if #keys > 0 then
+    table.sort(keys)
+    fail("backing must be {file=, format=, embed=}, got unknown key " .. table.concat(keys, ", "))
+  end
+  local file, format, embed = v.file, v.format, v.embed
+  if type(file) ~= "string" or file == "" then
+    fail("backing.file must be a path (non-empty string), got " .. show(file))
+  end
+  if format == nil then
+    format = "raw"
+  elseif type(format) ~= "string" or format == "" then
+    fail('backing.format must be a non-empty string such as "raw" or "qcow2", got ' .. show(format))
+  end
+  if embed == nil then
+    embed = false
+  elseif type(embed) ~= "boolean" then
+    fail("backing.embed must be a boolean, got " .. show(embed))
+  end
+  return { file = file, format = format, embed = embed }
+end
+
+function check.compress (v)
+  if v == nil or v == false then return false end
+  if v == true then return "deflate" end
+  if v == "deflate" or v == "zstd" then return v end
+  fail('compress must be false, true, "deflate" or "zstd", got ' .. show(v))
+end
+
+function check.saved (v)
+  if v == nil or type(v) == "function" then return nil end
+  fail("saved must be nil or a function, got " .. show(v))
+end
+
+---------------------------------------------------------------- library
+
+--- Resolves `path` against the directory `dir`.
+-- Absolute paths, and any path when `dir` is nil, are returned unchanged.
+-- Policies use it with `disk.cwd` before touching files themselves (the
+-- filter may run from another directory than the one nbdkit started in).
+-- @tparam string path
+-- @tparam[opt] string dir
+-- @treturn string
+function M.resolve (path, dir)
+  if type(path) ~= "string" or path == "" then
+    error("luacow.resolve: path must be a non-empty string, got " .. show(path), 2)
+  end
+  if dir ~= nil and type(dir) ~= "string" then
+    error("luacow.resolve: dir must be nil or a string, got " .. show(dir), 2)
+  end
+  if dir == nil or dir == "" or path:sub(1, 1) == "/" then return path end
+  return (dir:gsub("/+$", "")) .. "/" .. path
+end
+
+--- Whether `path` names an existing, readable file.
+-- @tparam string path
+-- @treturn boolean
+function M.exists (path)
+  if type(path) ~= "string" or path == "" then
+    error("luacow.exists: path must be a non-empty string, got " .. show(path), 2)
+  end
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+--- Converts a byte count to an integer.
+-- Integers (and integral floats) >= 0 pass through; strings are digits with
+-- an optional, case-insensitive K, M, G or T suffix (powers of 1024).
+-- @usage luacow.size("64K") --> 65536
+-- @tparam number|string v
+-- @treturn integer
+-- @raise on anything else
+function M.size (v)
+  local n = parse_size(v)
+  if n then return n end
+  error('luacow.size: expected a byte count such as 65536, "64K" or "1M", got ' .. show(v), 2)
+end
+
+local function format_value (v)
+  if type(v) == "number" then
+    local i = math.tointeger(v)
+    if i then return string.format("%d", i) end
+    if v == math.floor(v) and v > -1e300 and v < 1e300 then return string.format("%.0f", v) end
+    return tostring(v)
+  end
+  return tostring(v)
+end
+
+-- Expands one placeholder (the text between braces); returns the text or
+-- nil and an error message.
+local DEFAULT_TIME = "%Y%m%d-%H%M%S"
+local function placeholder (key, ctx)
+  if key == "time" or key:sub(1, 5) == "time:" then
+    local fmt = key == "time" and DEFAULT_TIME or key:sub(6)
+    if fmt == "" then return nil, "{time:} needs a format, such as {time:%Y%m%d}" end
+    local now = ctx.now
+    if now == nil then now = os.time() end
+    if type(now) ~= "number" then
+      return nil, "{" .. key .. "}: ctx.now must be a number, got " .. show(now)
+    end
+    local ok, s = pcall(os.date, fmt, math.floor(now))
+    if not ok or type(s) ~= "string" then
+      return nil, "{" .. key .. "}: bad time format " .. show(fmt)
+        .. (ok and "" or " (" .. (tostring(s):match("invalid conversion specifier '[^']*'") or tostring(s)) .. ")")
+    end
+    return s
+  end
+  local cur, path = ctx, "ctx"
+  for seg in (key .. "."):gmatch("(.-)%.") do
+    if seg == "" or not seg:match("^[%a_][%w_]*$") then
+      return nil, "bad placeholder {" .. key .. "}: expected {name}, {a.b.c}, {time} or {time:FORMAT}"
+    end
+    if cur == nil then
+      return nil, "{" .. key .. "} has no value (" .. path .. " is nil)"
+    elseif type(cur) ~= "table" then
+      return nil, "{" .. key .. "}: " .. path .. " is a " .. type(cur) .. ", not a table"
+    end
+    cur, path = cur[seg], path .. "." .. seg
+  end
+  local t = type(cur)
+  if cur == nil then
+    return nil, "{" .. key .. "} has no value (" .. path .. " is nil)"
+  elseif t ~= "string" and t ~= "number" and t ~= "boolean" then
+    return nil, "{" .. key .. "}: " .. path .. " is a " .. t .. ", not a string or number"
+  end
+  return format_value(cur)
+end
+
+--- Fills a template such as `"{params.name}-{time:%Y%m%d-%H%M%S}-{event}.qcow2"`.
+--
+-- * `{a.b.c}` is `ctx.a.b.c`; numbers print as integers when integral.
+-- * `{time:FMT}` is `os.date(FMT, ctx.now or os.time())`; `{time}` is
+--   `{time:%Y%m%d-%H%M%S}`.  Use `{time:!FMT}` for UTC.
+-- * `{{` and `}}` stand for literal braces.
+--
+-- A placeholder without a value is an error naming it.
+-- @tparam string template
+-- @tparam[opt] table ctx
+-- @treturn string
+function M.expand (template, ctx)
+  if type(template) ~= "string" then
+    error("luacow.expand: template must be a string, got " .. show(template), 2)
+  end
+  if ctx == nil then
+    ctx = {}
+  elseif type(ctx) ~= "table" then
+    error("luacow.expand: ctx must be a table, got " .. show(ctx), 2)
+  end
+  local out, i, n = {}, 1, #template
+  while i <= n do
+    local c = template:sub(i, i)
+    if c == "{" then
+      if template:sub(i + 1, i + 1) == "{" then
+        out[#out + 1] = "{"
+        i = i + 2
+      else
+        local j = template:find("}", i + 1, true)
+        if not j then
+          error(("luacow.expand: unclosed '{' at position %d in %s"):format(i, show(template)), 2)
+        end
+        local s, err = placeholder(template:sub(i + 1, j - 1), ctx)
+        if not s then error("luacow.expand: " .. err .. " in " .. show(template), 2) end
+        out[#out + 1] = s
+        i = j + 1
+      end
+    elseif c == "}" then
+      if template:sub(i + 1, i + 1) ~= "}" then
+        error(("luacow.expand: unmatched '}' at position %d in %s (write }} for a brace)")
+              :format(i, show(template)), 2)
+      end
+      out[#out + 1] = "}"
+      i = i + 2
+    else
+      local j = template:find("[{}]", i) or n + 1
+      out[#out + 1] = template:sub(i, j - 1)
+      i = j
+    end
+  end
+  return table.concat(out)
+end
+
+local function load_core (fname)
+  local ok, core = pcall(require, "luacow.core")
+  if not ok then
+    error("luacow." .. fname .. " needs the C module luacow.core, which failed to load: "
+          .. tostring(core), 3)
+  end
+  return core
+end
+
+-- The regular files matching pattern, newest first (ties: greater name first).
+local function matching (fname, pattern)
+  if type(pattern) ~= "string" or pattern == "" then
+    error("luacow." .. fname .. ": pattern must be a non-empty string, got " .. show(pattern), 3)
+  end
+  local core = load_core(fname)
+  local paths, err = core.glob(pattern)
+  if not paths then error("luacow." .. fname .. ": " .. tostring(err), 3) end
+  local files = {}
+  for _, p in ipairs(paths) do
+    local t, kind = core.mtime(p)
+    if t and (kind == nil or kind == "file") then
+      files[#files + 1] = { path = p, mtime = t }
+    end
+  end
+  table.sort(files, function (a, b)
+    if a.mtime ~= b.mtime then return a.mtime > b.mtime end
+    return a.path > b.path
+  end)
+  return files
+end
+
+--- The newest regular file matching a glob(3) pattern, or nil.
+-- Newest by modification time; equal times are broken by name (the
+-- greater name wins, so timestamped names sort as expected).  Directories
+-- and other non-files are ignored.
+-- @tparam string pattern e.g. `"/var/lib/vm/overlay-*.qcow2"`
+-- @treturn string|nil
+function M.latest (pattern)
+  local files = matching("latest", pattern)
+  return files[1] and files[1].path or nil
+end
+
+--- Deletes all but the newest `n` regular files matching a glob pattern.
+-- Order as in `luacow.latest`.
+-- @tparam string pattern
+-- @tparam integer n how many to keep (>= 0)
+-- @treturn {string,...} the deleted paths, newest first
+-- @raise when a file cannot be removed (files before it are already gone)
+function M.keep (pattern, n)
+  local k = type(n) == "number" and math.tointeger(n) or nil
+  if not k or k < 0 then
+    error("luacow.keep: n must be an integer >= 0, got " .. show(n), 2)
+  end
+  local files = matching("keep", pattern)
+  local deleted = {}
+  for i = k + 1, #files do
+    local p = files[i].path
+    local ok, err = os.remove(p)
+    if not ok then error("luacow.keep: cannot remove " .. err, 2) end
+    deleted[#deleted + 1] = p
+  end
+  return deleted
+end
+
+--- Logs a message.
+-- Inside nbdkit it goes to the filter's log (`package.loaded["luacow.host"].log`);
+-- elsewhere to stderr as "luacow: msg".  Arguments are converted with
+-- `tostring` and joined with spaces.
+function M.log (...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  local msg = table.concat(parts, " ")
+  local host = package.loaded["luacow.host"]
+  if type(host) == "table" and type(host.log) == "function" then
+    host.log(msg)
+  else
+    io.stderr:write("luacow: ", msg, "\n")
+  end
+end
+
+---------------------------------------------------------------- policy
+
+-- The default rule for `save`, bound to policy P: save at exit when
+-- anything changed and P has a name for the file.
+local function default_save (P)
+  return function (ctx)
+    return ctx.event == "exit"
+      and (ctx.dirty_bytes or 0) + (ctx.zero_bytes or 0) > 0
+      and M.evaluate(P, "name", ctx) ~= nil
+  end
+end
+
+local function param (t, key)
+  local params = type(t) == "table" and t.params
+  local v = type(params) == "table" and params[key] or nil
+  if type(v) == "string" and v ~= "" then return v end
+  return nil
+end
+
+--- The default policy, field by field.  A script's missing fields are
+-- taken from here.
+-- @table default
+M.default = {
+  --- 64 KiB clusters, as qemu-img.
+  cluster_size = 65536,
+  --- Reload `luacow-load=PATH` if that file exists (relative to disk.cwd).
+  load = function (disk)
+    local p = param(disk, "load")
+    if p and M.exists(M.resolve(p, disk.cwd)) then return p end
+    return nil
+  end,
+  --- Only "exit".
+  events = {},
+  --- No "interval" events.
+  interval = nil,
+  --- Save at exit if anything was written and `name` gives a path.
+  -- (Each merged policy gets its own copy, which asks that policy's `name`.)
+  save = nil, -- set below
+  --- The path given as `luacow-save=PATH`, or nil.
+  name = function (ctx) return param(ctx, "save") end,
+  --- No backing file.
+  backing = nil,
+  --- Uncompressed.
+  compress = false,
+  --- Nothing after a save.
+  saved = nil,
+}
+M.default.save = default_save(M.default)
+
+--- Validates a policy script's result and merges it with the defaults.
+--
+-- Unknown fields and invalid static values are errors (raised without
+-- position); functions are checked when `evaluate` calls them.  Static
+-- values are stored normalized (`"64K"` becomes 65536, `events` a fresh list
+-- of unique names, `backing` a table; false stays false).
+-- @tparam table t what the script returned
+-- @treturn table P with every field present that has a non-nil default
+function M.policy (t)
+  if type(t) ~= "table" then
+    fail("policy must return a table, got " .. type(t))
+  end
+  local unknown = {}
+  for k in pairs(t) do
+    if not IS_FIELD[k] then unknown[#unknown + 1] = k end
+  end
+  if #unknown > 0 then
+    table.sort(unknown, function (a, b) return tostring(a) < tostring(b) end)
+    local names = {}
+    for i, k in ipairs(unknown) do
+      names[i] = type(k) == "string" and "'" .. k .. "'" or show(k)
+    end
+    local msg = (#unknown == 1 and "unknown field " or "unknown fields ")
+      .. table.concat(names, ", ")
+    if #unknown == 1 and type(unknown[1]) == "string" then
+      local best, bestd = nil, math.max(2, #unknown[1] // 3) + 1
+      for _, f in ipairs(M.FIELDS) do
+        local d = levenshtein(unknown[1], f)
+        if d < bestd then best, bestd = f, d end
+      end
+      if best then msg = msg .. " (did you mean '" .. best .. "'?)" end
+    end
+    fail(msg .. "; valid fields are " .. table.concat(M.FIELDS, ", "))
+  end
+
+  local P = {}
+  for _, f in ipairs(M.FIELDS) do
+    local v = t[f]
+    if v == nil then
+      if f == "save" then
+        P.save = default_save(P)
+      elseif type(M.default[f]) == "table" then
+        P[f] = check[f](M.default[f])
+      else
+        P[f] = M.default[f]
+      end
+    elseif type(v) == "function" then
+      P[f] = v
+    else
+      local norm = check[f](v)
+      if norm == nil and v == false then norm = false end
+      P[f] = norm
+    end
+  end
+
+  if type(P.events) == "table" and contains(P.events, "interval")
+     and type(P.interval) ~= "function" and check.interval(P.interval) == nil then
+    fail('interval must be a number of seconds > 0 when events include "interval", got '
+         .. show(P.interval))
+  end
+  return P
+end
+
+--- Computes one field of a merged policy.
+-- Calls `P[field](...)` if it is a function (else takes the value), then
+-- validates and normalizes the result:
+--
+-- * cluster_size: integer (strings such as "64K" accepted)
+-- * load, name: nil or a non-empty string (false gives nil)
+-- * events: a new list of unique names among "flush", "close", "interval"
+-- * interval: nil or a number > 0; required when events include "interval"
+--   (then `P.events` is evaluated too)
+-- * save: boolean (nil gives false)
+-- * backing: nil or `{file=, format= (default "raw"), embed= (default false)}`;
+--   a string s gives `{file=s, format="raw", embed=false}`
+-- * compress: false, "deflate" or "zstd" (true gives "deflate")
+-- * saved: the function is called, its result ignored; returns nil
+--
+-- Wrong results raise `"<field> must be ..., got ..."` without position.
+-- @tparam table P from `luacow.policy`
+-- @tparam string field
+-- @param ... the field's arguments (disk, ctx or ctx, result)
+-- @return the normalized value
+function M.evaluate (P, field, ...)
+  if type(P) ~= "table" then
+    error("luacow.evaluate: policy must be a table, got " .. show(P), 2)
+  end
+  if not IS_FIELD[field] then
+    error("luacow.evaluate: unknown field " .. show(field) .. "; valid fields are "
+          .. table.concat(M.FIELDS, ", "), 2)
+  end
+  local v = P[field]
+  if type(v) == "function" then
+    if field == "saved" then
+      v(...)
+      return nil
+    end
+    v = (v(...))
+  end
+  local r = check[field](v)
+  if field == "interval" and r == nil and contains(M.evaluate(P, "events"), "interval") then
+    fail('interval must be a number of seconds > 0 when events include "interval", got '
+         .. show(v))
+  end
+  return r
+end
+
+return M

@@ -1,0 +1,290 @@
+/* luacow: events -> policy -> save, see events.h. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "events.h"
+#include "save.h"
+
+static struct events_setup env;
+static bool started;
+static pthread_mutex_t save_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_rwlock_t gate;
+static bool gated;                    /* only when saves happen while serving */
+static char *last_save_path;
+static double last_save_time;
+static pthread_t interval_thread;
+static bool interval_running, interval_stop;
+static pthread_mutex_t interval_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t interval_cond;
+
+static double
+epoch_now (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+static void *
+interval_main (void *arg)
+{
+  (void) arg;
+  pthread_mutex_lock (&interval_lock);
+  for (;;) {
+    struct timespec until;
+    clock_gettime (CLOCK_MONOTONIC, &until);
+    double whole = (double) (long) env.interval;
+    until.tv_sec += (time_t) whole;
+    until.tv_nsec += (long) ((env.interval - whole) * 1e9);
+    if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+    while (!interval_stop &&
+           pthread_cond_timedwait (&interval_cond, &interval_lock, &until) != ETIMEDOUT)
+      ;
+    if (interval_stop)
+      break;
+    pthread_mutex_unlock (&interval_lock);
+    int err;
+    events_fire ("interval", &err);
+    pthread_mutex_lock (&interval_lock);
+  }
+  pthread_mutex_unlock (&interval_lock);
+  return NULL;
+}
+
+int
+events_start (const struct events_setup *setup)
+{
+  env = *setup;
+  started = true;
+  gated = (env.mask & (EVENT_FLUSH | EVENT_CLOSE | EVENT_INTERVAL)) != 0;
+  /* Writer-preferring, so a save is not starved by a stream of writes. */
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init (&attr);
+  pthread_rwlockattr_setkind_np (&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&gate, &attr);
+  pthread_rwlockattr_destroy (&attr);
+  if ((env.mask & EVENT_INTERVAL) && env.interval > 0) {
+    pthread_condattr_t ca;
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&interval_cond, &ca);
+    pthread_condattr_destroy (&ca);
+    int e = pthread_create (&interval_thread, NULL, interval_main, NULL);
+    if (e) {
+      nbdkit_error ("luacow: cannot start the interval thread: %s", strerror (e));
+      return -1;
+    }
+    interval_running = true;
+  }
+  return 0;
+}
+
+int
+events_wanted (unsigned event)
+{
+  return (env.mask & event) != 0;
+}
+
+void
+events_write_begin (void)
+{
+  if (gated)
+    pthread_rwlock_rdlock (&gate);
+}
+
+void
+events_write_end (void)
+{
+  if (gated)
+    pthread_rwlock_unlock (&gate);
+}
+
+static void
+fill_ctx (struct policy_ctx *c, const char *event)
+{
+  struct ov_stats st;
+  uint32_t bs = overlay_block_size (env.ov);
+  overlay_stats (env.ov, &st);
+  *c = (struct policy_ctx) {
+    .event = event, .size = overlay_size (env.ov), .cluster_size = env.cluster_size,
+    .dirty_bytes = st.data_blocks * bs, .zero_bytes = st.zero_blocks * bs,
+    .written_bytes = st.written_bytes, .started = env.started, .now = epoch_now (),
+    .loaded = env.loaded, .last_save_path = last_save_path,
+    .last_save_time = last_save_time,
+  };
+  save_count (env.ov, env.cluster_size, &c->data_clusters, &c->zero_clusters);
+}
+
+static enum qcow2_compress
+compress_of (const char *name)
+{
+  if (name && strcmp (name, "zstd") == 0)
+    return QCOW2_COMPRESS_ZSTD;
+  if (name && strcmp (name, "deflate") == 0)
+    return QCOW2_COMPRESS_DEFLATE;
+  return QCOW2_COMPRESS_NONE;
+}
+
+/* One log line per save; on stderr too at exit, where nbdkit is ending. */
+static void
+log_saved (const char *event, const struct policy_plan *plan, const struct save_result *res)
+{
+  char *cmd = NULL, *line = NULL;
+  if (!(plan->backing_file && plan->backing_embed))
+    cmd = save_rebase_command (plan->path, plan->backing_file, plan->backing_format);
+  if (asprintf (&line, "luacow: saved %s (%s): %" PRIu64 " data clusters, %" PRIu64
+                " zero clusters, %" PRIu64 " bytes, %.3f s%s%s%s",
+                plan->path, event, res->data_clusters, res->zero_clusters, res->bytes,
+                res->seconds,
+                plan->backing_file && plan->backing_embed ? "; backing file " : "; attach a base with: ",
+                plan->backing_file && plan->backing_embed ? plan->backing_file : (cmd ? cmd : "qemu-img rebase -u"),
+                "") == -1)
+    line = NULL;
+  if (line) {
+    nbdkit_debug ("%s", line);
+    if (strcmp (event, "exit") == 0)
+      fprintf (stderr, "nbdkit: %s\n", line);
+  }
+  free (line);
+  free (cmd);
+}
+
+/* Save per plan; the gate makes it a point-in-time image while serving. */
+static int
+save_with (const char *event, const struct policy_plan *plan, struct save_result *res,
+           char err[SAVE_ERRLEN])
+{
+  struct save_request req = {
+    .path = plan->path, .cluster_size = env.cluster_size,
+    .compress = compress_of (plan->compress),
+    .backing_file = plan->backing_file, .backing_format = plan->backing_format,
+    .backing_embed = plan->backing_embed,
+  };
+  bool exiting = strcmp (event, "exit") == 0;
+  if (gated && !exiting)
+    pthread_rwlock_wrlock (&gate);
+  int r = save_overlay (env.ov, env.lower, &req, res, err);
+  if (gated && !exiting)
+    pthread_rwlock_unlock (&gate);
+  if (r == 0) {
+    log_saved (event, plan, res);
+    free (last_save_path);
+    last_save_path = strdup (plan->path);
+    last_save_time = epoch_now ();
+  }
+  return r;
+}
+
+/* At exit, when the policy failed: keep the data in a file of our own. */
+static void
+rescue (const char *why)
+{
+  struct ov_stats st;
+  overlay_stats (env.ov, &st);
+  if (st.data_blocks + st.zero_blocks == 0)
+    return;
+  const char *tmpdir = getenv ("TMPDIR");
+  const char *dirs[] = { env.cwd, tmpdir && *tmpdir ? tmpdir : "/tmp" };
+  for (size_t i = 0; i < 2; ++i) {
+    struct policy_plan plan = { 0 };
+    struct save_result res;
+    char err[SAVE_ERRLEN];
+    if (asprintf (&plan.path, "%s/luacow-rescue-%ld-%ld.qcow2",
+                  strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
+                  (long) getpid ()) == -1)
+      continue;
+    if (save_with ("exit", &plan, &res, err) == 0) {
+      nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
+      free (plan.path);
+      return;
+    }
+    nbdkit_error ("luacow: rescue save to %s failed: %s", plan.path, err);
+    free (plan.path);
+  }
+  nbdkit_error ("luacow: %s; no rescue file could be written: the overlay is lost", why);
+}
+
+/* Ask the policy and save.  Returns 0 (saved or not wanted), or -1. */
+static int
+run (const char *event)
+{
+  struct policy_ctx ctx;
+  struct policy_plan plan;
+  struct save_result res;
+  char perr[POLICY_ERRLEN], serr[SAVE_ERRLEN], why[POLICY_ERRLEN + SAVE_ERRLEN + 64];
+  bool exiting = strcmp (event, "exit") == 0, yes = false;
+  int r = 0;
+
+  pthread_mutex_lock (&save_lock);
+  fill_ctx (&ctx, event);
+  if (policy_should_save (env.policy, &ctx, &yes, perr) == -1 ||
+      (yes && policy_make_plan (env.policy, &ctx, &plan, perr) == -1)) {
+    if (exiting) {
+      snprintf (why, sizeof why, "%s", perr);
+      rescue (why);
+    }
+    else
+      nbdkit_error ("luacow: %s event: %s", event, perr);
+    pthread_mutex_unlock (&save_lock);
+    return -1;
+  }
+  if (yes) {
+    if (save_with (event, &plan, &res, serr) == 0) {
+      struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
+                                    res.bytes, res.seconds };
+      policy_saved (env.policy, &ctx, &pres);
+    }
+    else {
+      snprintf (why, sizeof why, "save to %s failed: %s", plan.path, serr);
+      if (exiting)
+        rescue (why);
+      else
+        nbdkit_error ("luacow: %s event: %s", event, why);
+      r = -1;
+    }
+    policy_plan_clear (&plan);
+  }
+  pthread_mutex_unlock (&save_lock);
+  return r;
+}
+
+int
+events_fire (const char *event, int *err)
+{
+  if (!started)
+    return 0;
+  if (run (event) == -1) {
+    *err = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+void
+events_exit (void)
+{
+  if (!started)
+    return;
+  if (interval_running) {
+    pthread_mutex_lock (&interval_lock);
+    interval_stop = true;
+    pthread_cond_signal (&interval_cond);
+    pthread_mutex_unlock (&interval_lock);
+    pthread_join (interval_thread, NULL);
+    interval_running = false;
+  }
+  run ("exit");
+  started = false;
+  free (last_save_path);
+  last_save_path = NULL;
+  pthread_rwlock_destroy (&gate);
+}

@@ -1,0 +1,48 @@
+/* luacow: events -> policy -> save.
+ *
+ * Decides, through the policy, whether and where to save at "exit" and at
+ * the extra events the policy asked for ("flush", "close", "interval"),
+ * runs the save as a consistent point-in-time image (writes wait, reads do
+ * not), writes a rescue file at exit when the policy fails, and logs.
+ */
+#ifndef LUACOW_EVENTS_H
+#define LUACOW_EVENTS_H
+
+#include <stdint.h>
+
+#include "overlay.h"
+#include "policy.h"
+
+struct events_setup {
+  struct overlay *ov;
+  struct policy *policy;
+  const struct ov_lower *lower;   /* the shared plugin context */
+  uint32_t cluster_size;
+  const char *cwd;
+  const char *loaded;             /* path reloaded at start, or NULL */
+  unsigned mask;                  /* EVENT_* the policy listed */
+  double interval;
+  double started;                 /* seconds since the epoch */
+};
+
+/* Starts the interval thread when asked for.  Returns 0 or -1. */
+int events_start (const struct events_setup *setup);
+
+/* Whether the policy listed this event. */
+int events_wanted (unsigned event);
+
+/* Bracket every write, zero and trim: a save in progress makes them wait.
+ * Costs nothing when the policy saves only at exit.
+ */
+void events_write_begin (void);
+void events_write_end (void);
+
+/* Run the policy for "flush", "close" or "interval", saving if it says
+ * so.  Returns -1 (errno-style *err) when a save was wanted but failed.
+ */
+int events_fire (const char *event, int *err);
+
+/* At exit: stop the interval thread, ask the policy, save or rescue. */
+void events_exit (void);
+
+#endif

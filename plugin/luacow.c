@@ -1,0 +1,445 @@
+/* luacow: nbdkit filter callbacks, in lifecycle order.
+ *
+ * Each callback hands off: requests to the overlay, events to events.c,
+ * policy to policy.c, reloads to load.c.  The plugin below is always opened
+ * read-only and never written.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "events.h"
+#include "load.h"
+#include "overlay.h"
+#include "policy.h"
+
+/* -D luacow.verbose=1 logs startup decisions and the overlay's size. */
+NBDKIT_DLL_PUBLIC int luacow_debug_verbose = 0;
+
+#define MAX_PARAMS 64
+#define DEFAULT_BUDGET 10.0   /* seconds a policy hook may run */
+
+static char *script;                  /* absolute path, or NULL */
+static bool script_from_luacow_key;   /* luacow-script= was given */
+static struct policy_param params[MAX_PARAMS];
+static size_t nparams;
+static char *start_dir;
+static struct policy *policy;
+static unsigned event_mask;
+static double event_interval;
+
+static nbdkit_next *shared;           /* plugin context for saves and reloads */
+static struct overlay *overlay;
+static struct load_result loaded;
+static char *loaded_path;
+
+/* The plugin below, as the overlay reads it. */
+static int
+next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
+{
+  nbdkit_next *next = handle;
+  return next->pread (next, buf, count, offset, 0, err);
+}
+
+static void
+luacow_unload (void)
+{
+  events_exit ();             /* no-op unless cleanup was skipped */
+  overlay_free (overlay);
+  if (loaded_path)
+    close (loaded.fd);
+  free (loaded_path);
+  policy_free (policy);
+  free (script);
+  for (size_t i = 0; i < nparams; ++i) {
+    free ((char *) params[i].name);
+    free ((char *) params[i].value);
+  }
+  free (start_dir);
+}
+
+static char *
+absolute (const char *path)
+{
+  char cwd[PATH_MAX];
+  if (path[0] == '/' || !getcwd (cwd, sizeof cwd))
+    return strdup (path);
+  return policy_resolve (cwd, path);
+}
+
+/* script= names the policy unless luacow-script= did; any later script=
+ * belongs to the plugin (lua, python, perl... take script= themselves).
+ * luacow-NAME=VALUE reaches the policy as params.NAME.
+ */
+static int
+luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+               const char *key, const char *value)
+{
+  if (strcmp (key, "luacow-script") == 0 || (strcmp (key, "script") == 0 && !script)) {
+    if (script) {
+      nbdkit_error ("luacow: the policy script was already given as %s", script);
+      return -1;
+    }
+    script = absolute (value);
+    script_from_luacow_key = strcmp (key, "luacow-script") == 0;
+    return script ? 0 : -1;
+  }
+  if (strncmp (key, "luacow-", 7) == 0 && key[7] != '\0') {
+    for (size_t i = 0; i < nparams; ++i)
+      if (strcmp (params[i].name, key + 7) == 0) {
+        nbdkit_error ("luacow: %s given twice", key);
+        return -1;
+      }
+    if (nparams == MAX_PARAMS) {
+      nbdkit_error ("luacow: too many luacow-* parameters (at most %d)", MAX_PARAMS);
+      return -1;
+    }
+    params[nparams].name = strdup (key + 7);
+    params[nparams].value = strdup (value);
+    if (!params[nparams].name || !params[nparams].value)
+      return -1;
+    nparams++;
+    return 0;
+  }
+  return next (nxdata, key, value);
+}
+
+static double
+hook_budget (void)
+{
+  for (size_t i = 0; i < nparams; ++i)
+    if (strcmp (params[i].name, "hook-seconds") == 0) {
+      double s = atof (params[i].value);
+      return s > 0 ? s : DEFAULT_BUDGET;
+    }
+  return DEFAULT_BUDGET;
+}
+
+/* Load and validate the policy now, before nbdkit forks, so a broken
+ * script fails the start with a one-line error.
+ */
+static int
+luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdata)
+{
+  char err[POLICY_ERRLEN], cwd[PATH_MAX];
+  (void) script_from_luacow_key;
+  if (!getcwd (cwd, sizeof cwd) || !(start_dir = strdup (cwd))) {
+    nbdkit_error ("luacow: cannot get the current directory: %m");
+    return -1;
+  }
+  policy = policy_new (script, params, nparams, start_dir, hook_budget (), err);
+  if (!policy || policy_events (policy, &event_mask, &event_interval, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  return next (nxdata);
+}
+
+#define luacow_config_help \
+  "script=|luacow-script=<FILE>  Lua policy (default: save/load below).\n" \
+  "luacow-save=<FILE>            Default policy: save the overlay here at exit.\n" \
+  "luacow-load=<FILE>            Default policy: reload this file at start.\n" \
+  "luacow-hook-seconds=<N>       Time budget of each policy hook (default 10).\n" \
+  "luacow-<NAME>=<VALUE>         Passed to the policy as params.NAME."
+
+static int
+luacow_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static double
+epoch_now (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* Now the plugin can be asked its size: choose the cluster size, build
+ * the overlay, reload what the policy names.  Any failure stops nbdkit
+ * before the first client is served.
+ */
+static int
+luacow_after_fork (nbdkit_backend *backend)
+{
+  static struct ov_lower lower = { next_pread, NULL };
+  char err[POLICY_ERRLEN], lerr[LOAD_ERRLEN];
+  uint32_t cluster_size;
+  double started = epoch_now ();
+
+  /* A context of our own, managed by hand: open, then prepare. */
+  shared = nbdkit_next_context_open (backend, 1, "", 1);
+  if (!shared || shared->prepare (shared) == -1) {
+    nbdkit_error ("luacow: cannot open the plugin");
+    return -1;
+  }
+  lower.handle = shared;
+  int64_t size = shared->get_size (shared);
+  if (size < 0)
+    return -1;
+  if (policy_cluster_size (policy, (uint64_t) size, &cluster_size, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  const char *tmpdir = getenv ("TMPDIR");
+  overlay = overlay_new ((uint64_t) size, cluster_size < 4096 ? cluster_size : 4096,
+                         tmpdir && *tmpdir ? tmpdir : "/var/tmp");
+  if (!overlay)
+    return -1;
+  if (policy_load (policy, &loaded_path, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  if (loaded_path) {
+    if (load_overlay (overlay, &lower, loaded_path, &loaded, lerr) == -1) {
+      nbdkit_error ("luacow: %s: %s", loaded_path, lerr);
+      free (loaded_path);
+      loaded_path = NULL;
+      return -1;
+    }
+    nbdkit_debug ("luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
+                  " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s",
+                  loaded_path, loaded.data_clusters, loaded.compressed_clusters,
+                  loaded.zero_clusters, loaded.bytes, loaded.seconds);
+  }
+  if (luacow_debug_verbose)
+    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x",
+                  policy_name (policy), size, cluster_size, event_mask);
+  struct events_setup setup = {
+    .ov = overlay, .policy = policy, .lower = &lower, .cluster_size = cluster_size,
+    .cwd = start_dir, .loaded = loaded_path, .mask = event_mask,
+    .interval = event_interval, .started = started,
+  };
+  return events_start (&setup);
+}
+
+/* All clients have gone; the plugin is still open: save. */
+static void
+luacow_cleanup (nbdkit_backend *backend)
+{
+  (void) backend;
+  events_exit ();
+  if (shared) {
+    shared->finalize (shared);
+    nbdkit_next_context_close (shared);
+    shared = NULL;
+  }
+}
+
+/* Every connection sees the one overlay, over the plugin's default export
+ * opened read-only.
+ */
+static void *
+luacow_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+             int readonly, const char *exportname, int is_tls)
+{
+  (void) readonly; (void) exportname; (void) is_tls;
+  if (next (nxdata, 1, "") == -1)
+    return NULL;
+  return NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+static void
+luacow_close (void *handle)
+{
+  int err;
+  (void) handle;
+  if (events_wanted (EVENT_CLOSE))
+    events_fire ("close", &err);
+}
+
+static int64_t
+luacow_get_size (nbdkit_next *next, void *handle)
+{
+  (void) next; (void) handle;
+  return (int64_t) overlay_size (overlay);
+}
+
+static int luacow_can_write (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }
+static int luacow_can_flush (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }
+static int luacow_can_trim (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }
+static int luacow_can_zero (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return NBDKIT_ZERO_NATIVE; }
+static int luacow_can_fast_zero (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }   /* zeroing is metadata only */
+static int luacow_can_extents (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }
+/* The overlay is volatile until saved, like the cow filter's: FUA and
+ * flush have nothing to make durable unless the policy saves on flush.
+ */
+static int luacow_can_fua (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return NBDKIT_FUA_NATIVE; }
+static int luacow_can_multi_conn (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return 1; }   /* one overlay for all */
+static int luacow_can_cache (nbdkit_next *next, void *handle)
+{ (void) next; (void) handle; return NBDKIT_CACHE_NATIVE; }
+
+static int
+luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+              uint64_t offset, uint32_t flags, int *err)
+{
+  struct ov_lower lower = { next_pread, next };
+  (void) handle; (void) flags;
+  return overlay_pread (overlay, &lower, buf, count, offset, err);
+}
+
+static int
+luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
+{
+  struct ov_lower lower = { next_pread, next };
+  (void) handle; (void) flags;
+  events_write_begin ();
+  int r = overlay_pwrite (overlay, &lower, buf, count, offset, err);
+  events_write_end ();
+  return r;
+}
+
+static int
+luacow_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  (void) next; (void) handle; (void) flags;
+  if (events_wanted (EVENT_FLUSH))
+    return events_fire ("flush", err);
+  return 0;
+}
+
+static int
+zero_range (nbdkit_next *next, uint32_t count, uint64_t offset, int *err)
+{
+  struct ov_lower lower = { next_pread, next };
+  events_write_begin ();
+  int r = overlay_zero (overlay, &lower, count, offset, err);
+  events_write_end ();
+  return r;
+}
+
+static int
+luacow_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+             uint32_t flags, int *err)
+{
+  (void) handle; (void) flags;
+  return zero_range (next, count, offset, err);
+}
+
+/* Always fast: a zero is a metadata change, whatever the flags. */
+static int
+luacow_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+             uint32_t flags, int *err)
+{
+  (void) handle; (void) flags;
+  return zero_range (next, count, offset, err);
+}
+
+struct extents_job {
+  nbdkit_next *next;
+  struct nbdkit_extents *out;
+  uint32_t flags;
+  int *err;
+};
+
+/* Clean runs report what the plugin reports; overlay runs report data or
+ * hole+zero.
+ */
+static int
+extents_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
+{
+  struct extents_job *j = opaque;
+  if (kind != OV_CLEAN)
+    return nbdkit_add_extent (j->out, off, len,
+                              kind == OV_ZERO ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0)
+      == -1 ? -1 : 0;
+  if (j->next->can_extents (j->next) <= 0)
+    return nbdkit_add_extent (j->out, off, len, 0) == -1 ? -1 : 0;
+  struct nbdkit_extents *below = nbdkit_extents_new (off, off + len);
+  if (!below)
+    return -1;
+  int r = j->next->extents (j->next, (uint32_t) len, off, j->flags, below, j->err);
+  for (size_t i = 0; r == 0 && i < nbdkit_extents_count (below); ++i) {
+    struct nbdkit_extent e = nbdkit_get_extent (below, i);
+    r = nbdkit_add_extent (j->out, e.offset, e.length, e.type);
+  }
+  nbdkit_extents_free (below);
+  return r == -1 ? -1 : 0;
+}
+
+static int
+luacow_extents (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+                uint32_t flags, struct nbdkit_extents *extents, int *err)
+{
+  struct extents_job j = { next, extents, flags & ~NBDKIT_FLAG_REQ_ONE, err };
+  (void) handle;
+  if (overlay_map (overlay, offset, count, extents_run, &j) != 0) {
+    if (*err == 0)
+      *err = errno ? errno : EIO;
+    return -1;
+  }
+  return 0;
+}
+
+struct cache_job { nbdkit_next *next; int *err; };
+
+static int
+cache_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
+{
+  struct cache_job *j = opaque;
+  if (kind != OV_CLEAN || j->next->can_cache (j->next) != NBDKIT_CACHE_NATIVE)
+    return 0;
+  return j->next->cache (j->next, (uint32_t) len, off, 0, j->err) == -1 ? -1 : 0;
+}
+
+/* Overlay data is local already; clean ranges are passed to the plugin. */
+static int
+luacow_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+              uint32_t flags, int *err)
+{
+  struct cache_job j = { next, err };
+  (void) handle; (void) flags;
+  return overlay_map (overlay, offset, count, cache_run, &j) ? -1 : 0;
+}
+
+static struct nbdkit_filter filter = {
+  .name              = "luacow",
+  .longname          = "nbdkit luacow filter",
+  .description       = "persistent copy-on-write overlay with a Lua policy, saved as qcow2",
+  .unload            = luacow_unload,
+  .config            = luacow_config,
+  .config_complete   = luacow_config_complete,
+  .config_help       = luacow_config_help,
+  .thread_model      = luacow_thread_model,
+  .after_fork        = luacow_after_fork,
+  .cleanup           = luacow_cleanup,
+  .open              = luacow_open,
+  .close             = luacow_close,
+  .get_size          = luacow_get_size,
+  .can_write         = luacow_can_write,
+  .can_flush         = luacow_can_flush,
+  .can_trim          = luacow_can_trim,
+  .can_zero          = luacow_can_zero,
+  .can_fast_zero     = luacow_can_fast_zero,
+  .can_extents       = luacow_can_extents,
+  .can_fua           = luacow_can_fua,
+  .can_multi_conn    = luacow_can_multi_conn,
+  .can_cache         = luacow_can_cache,
+  .pread             = luacow_pread,
+  .pwrite            = luacow_pwrite,
+  .flush             = luacow_flush,
+  .trim              = luacow_trim,
+  .zero              = luacow_zero,
+  .extents           = luacow_extents,
+  .cache             = luacow_cache,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

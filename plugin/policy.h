@@ -1,0 +1,78 @@
+/* luacow: the Lua policy host.
+ *
+ * One lua_State, used under a mutex and never in the per-request data
+ * path: at startup, at events and at exit.  Every call into Lua runs under
+ * lua_pcall with a traceback handler, an instruction-count hook enforcing
+ * a wall-clock budget, and a memory cap.  Errors come back as one line.
+ */
+#ifndef LUACOW_POLICY_H
+#define LUACOW_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define POLICY_ERRLEN 512
+
+enum policy_event_mask { EVENT_FLUSH = 1, EVENT_CLOSE = 2, EVENT_INTERVAL = 4 };
+
+struct policy_param { const char *name, *value; };
+
+struct policy_ctx {           /* the C side of the Lua ctx table */
+  const char *event;          /* "exit", "flush", "close", "interval" */
+  uint64_t size;
+  uint32_t cluster_size;
+  uint64_t dirty_bytes, zero_bytes, written_bytes;
+  uint64_t data_clusters, zero_clusters;
+  double started, now;
+  const char *loaded;         /* NULL if nothing was reloaded */
+  const char *last_save_path; /* NULL if never saved */
+  double last_save_time;
+};
+
+struct policy_plan {          /* what to write, from name/backing/compress */
+  char *path;                 /* absolute */
+  char *backing_file;         /* NULL: no hint */
+  char *backing_format;
+  bool backing_embed;
+  char *compress;             /* NULL, "deflate" or "zstd" */
+};
+
+struct policy_result {
+  const char *path;
+  uint64_t data_clusters, zero_clusters, bytes;
+  double seconds;
+};
+
+struct policy;
+
+/* Load the library and the script (NULL: the default policy), validate
+ * it.  cwd resolves relative paths.  budget: seconds a hook may run.
+ */
+struct policy *policy_new (const char *script, const struct policy_param *params,
+                           size_t nparams, const char *cwd, double budget,
+                           char err[POLICY_ERRLEN]);
+void policy_free (struct policy *p);
+
+/* The script's file name, for messages ("policy.lua" or "default policy"). */
+const char *policy_name (const struct policy *p);
+
+int policy_events (struct policy *p, unsigned *mask, double *interval,
+                   char err[POLICY_ERRLEN]);
+int policy_cluster_size (struct policy *p, uint64_t size, uint32_t *cluster_size,
+                         char err[POLICY_ERRLEN]);
+/* *path is NULL (nothing to load) or an absolute path to free. */
+int policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN]);
+int policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,
+                        char err[POLICY_ERRLEN]);
+int policy_make_plan (struct policy *p, const struct policy_ctx *ctx,
+                      struct policy_plan *plan, char err[POLICY_ERRLEN]);
+void policy_plan_clear (struct policy_plan *plan);
+/* Errors of the saved hook are only logged. */
+void policy_saved (struct policy *p, const struct policy_ctx *ctx,
+                   const struct policy_result *result);
+
+/* Join a path returned by the policy to cwd when relative (malloc'd). */
+char *policy_resolve (const char *cwd, const char *path);
+
+#endif

@@ -1,0 +1,47 @@
+/* luacow: saving the overlay as a qcow2 file, atomically.
+ *
+ * The one place that joins the overlay and the qcow2 encoder: it walks the
+ * overlay cluster by cluster (completing partly written clusters from the
+ * layer below), streams them to an anonymous file in the target's
+ * directory, fsyncs it and only then gives it the target's name.
+ */
+#ifndef LUACOW_SAVE_H
+#define LUACOW_SAVE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "overlay.h"
+#include "qcow2.h"
+
+#define SAVE_ERRLEN 512
+
+struct save_request {
+  const char *path;           /* absolute */
+  uint32_t cluster_size;
+  enum qcow2_compress compress;
+  const char *backing_file;   /* NULL: none */
+  const char *backing_format;
+  bool backing_embed;         /* write the hint into the header */
+};
+
+struct save_result {
+  uint64_t data_clusters, zero_clusters, bytes;
+  double seconds;
+};
+
+/* What a save would write now: counts of data and zero clusters. */
+void save_count (const struct overlay *ov, uint32_t cluster_size,
+                 uint64_t *data_clusters, uint64_t *zero_clusters);
+
+/* Returns 0, or -1 with a one-line reason; the target is then untouched
+ * and no temporary file is left.
+ */
+int save_overlay (struct overlay *ov, const struct ov_lower *lower,
+                  const struct save_request *req, struct save_result *res,
+                  char err[SAVE_ERRLEN]);
+
+/* The shell command that attaches a base to a saved file (malloc'd). */
+char *save_rebase_command (const char *path, const char *base, const char *format);
+
+#endif

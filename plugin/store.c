@@ -1,0 +1,132 @@
+/* luacow: overlay store, see store.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "store.h"
+
+struct store {
+  int fd;
+  uint32_t slot_size;
+  _Atomic uint64_t next_slot;
+};
+
+struct store *
+store_new (const char *dir, uint32_t slot_size)
+{
+  struct store *st = calloc (1, sizeof *st);
+  if (!st) {
+    nbdkit_error ("luacow: cannot allocate the overlay store: %m");
+    return NULL;
+  }
+  st->slot_size = slot_size;
+  st->fd = -1;
+
+  /* O_TMPFILE never gives the file a name at all; the mkstemp fallback
+   * (filesystems without O_TMPFILE) unlinks it at once.  Either way the
+   * file is 0600 and disappears with the process.
+   */
+#ifdef O_TMPFILE
+  st->fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+#endif
+  if (st->fd == -1) {
+    char *template;
+    if (asprintf (&template, "%s/luacow-store.XXXXXX", dir) == -1) {
+      free (st);
+      nbdkit_error ("luacow: cannot allocate the overlay store name: %m");
+      return NULL;
+    }
+    st->fd = mkostemp (template, O_CLOEXEC);
+    if (st->fd >= 0)
+      unlink (template);
+    free (template);
+  }
+  if (st->fd == -1) {
+    nbdkit_error ("luacow: cannot create the overlay store in %s: %m "
+                  "(set TMPDIR to a writable directory)", dir);
+    free (st);
+    return NULL;
+  }
+  return st;
+}
+
+void
+store_free (struct store *st)
+{
+  if (!st)
+    return;
+  close (st->fd);
+  free (st);
+}
+
+uint64_t
+store_alloc (struct store *st, uint64_t n)
+{
+  return atomic_fetch_add_explicit (&st->next_slot, n, memory_order_relaxed);
+}
+
+int
+store_read (struct store *st, void *buf, uint64_t count, uint64_t offset, int *err)
+{
+  char *p = buf;
+  off_t off = (off_t) offset;
+  while (count > 0) {
+    ssize_t r = pread (st->fd, p, count, off);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      *err = errno;
+      nbdkit_error ("luacow: overlay store read: %m");
+      return -1;
+    }
+    if (r == 0) {             /* slot allocated but never written: zeroes */
+      memset (p, 0, count);
+      break;
+    }
+    p += r; off += r; count -= r;
+  }
+  return 0;
+}
+
+int
+store_write (struct store *st, const void *buf, uint64_t count, uint64_t offset, int *err)
+{
+  const char *p = buf;
+  off_t off = (off_t) offset;
+  while (count > 0) {
+    ssize_t r = pwrite (st->fd, p, count, off);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      *err = errno;
+      nbdkit_error ("luacow: overlay store write: %m");
+      return -1;
+    }
+    p += r; off += r; count -= r;
+  }
+  return 0;
+}
+
+void
+store_release (struct store *st, uint64_t slot, uint64_t n)
+{
+  /* Best effort: if punching is unsupported the space is simply kept. */
+  (void) fallocate (st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    (off_t) (slot * st->slot_size), (off_t) (n * st->slot_size));
+}
+
+uint64_t
+store_disk_bytes (const struct store *st)
+{
+  struct stat sb;
+  if (fstat (st->fd, &sb) == -1)
+    return 0;
+  return (uint64_t) sb.st_blocks * 512;
+}

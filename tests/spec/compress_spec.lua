@@ -1,0 +1,35 @@
+-- Spec for lua/examples/compress.lua: zstd above a dirty-bytes threshold.
+local H = dofile((debug.getinfo(1, "S").source:match("^@(.*)/") or ".") .. "/helper.lua")
+local luacow = require "luacow"
+
+describe("examples/compress.lua", function ()
+  local P
+  local GiB = 1 << 30
+  local function compress (dirty, params)
+    return luacow.evaluate(P, "compress", { params = params or {}, event = "exit", dirty_bytes = dirty,
+                                            zero_bytes = 0, now = 1700000000 })
+  end
+
+  before_each(function () P = luacow.policy(H.example("compress")) end)
+
+  it("writes up to 1 GiB uncompressed", function ()
+    assert.is_false(compress(0))
+    assert.is_false(compress(GiB))
+  end)
+
+  it("uses zstd above 1 GiB", function ()
+    assert.equal("zstd", compress(GiB + 1))
+    assert.equal("zstd", compress(8 * GiB))
+  end)
+
+  it("takes the threshold from params.compress_over", function ()
+    assert.is_false(compress(256 << 20, { compress_over = "256M" }))
+    assert.equal("zstd", compress((256 << 20) + 1, { compress_over = "256M" }))
+    assert.equal("zstd", compress(4097, { compress_over = "4096" }))
+  end)
+
+  it("fails clearly on a bad threshold", function ()
+    assert.error_matches(function () compress(1, { compress_over = "lots" }) end,
+                         'luacow.size: expected a byte count such as 65536, "64K" or "1M", got "lots"', 1, true)
+  end)
+end)
