@@ -257,10 +257,21 @@ luacow_close (void *handle)
     events_fire ("close", &err);
 }
 
+/* Asking the plugin too makes nbdkit record its size for this
+ * connection, which it checks on every request passed down.
+ */
 static int64_t
 luacow_get_size (nbdkit_next *next, void *handle)
 {
-  (void) next; (void) handle;
+  (void) handle;
+  int64_t below = next->get_size (next);
+  if (below == -1)
+    return -1;
+  if ((uint64_t) below != overlay_size (overlay)) {
+    nbdkit_error ("luacow: the plugin's size changed from %" PRIu64 " to %" PRId64,
+                  overlay_size (overlay), below);
+    return -1;
+  }
   return (int64_t) overlay_size (overlay);
 }
 

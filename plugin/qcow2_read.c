@@ -654,7 +654,7 @@ static int parse_snapshots (struct qcow2_image *img, const struct header *hd,
     uint32_t l1_size, extra;
     uint16_t id_len, name_len;
 
-    if (!in_file (img, off + total, sizeof e)) {
+    if (!in_file (img, off, total + sizeof e)) {
       qcow2_seterr (err, "qcow2: snapshot table entry %u is past the end of "
                     "the file", i);
       return -1;
@@ -1044,7 +1044,8 @@ static int inflate_cluster (const uint8_t *src, size_t len, uint8_t *out,
   inflateEnd (&zs);
   if (r != Z_STREAM_END || zs.avail_out != 0) {
     qcow2_seterr (err, "qcow2: corrupt deflate data (%s)",
-                  zs.avail_out ? "short output" : "bad or oversized stream");
+                  r == Z_STREAM_END ? "less than a cluster" :
+                  "invalid, truncated or more than a cluster");
     return -1;
   }
   return 0;
@@ -1081,7 +1082,8 @@ static int unzstd_cluster (const uint8_t *src, size_t len, uint8_t *out,
   }
   else if (ret < 0 || r != 0 || ob.pos != ob.size) {
     qcow2_seterr (err, "qcow2: corrupt zstd data (%s)",
-                  ob.pos != ob.size ? "short output" : "oversized frame");
+                  ob.pos != ob.size ? "less than a cluster" :
+                  "frame longer than a cluster");
     ret = -1;
   }
   ZSTD_freeDCtx (dc);

@@ -19,9 +19,9 @@ q () { qemu-io -f qcow2 "$@" >/dev/null; }
 (
   cd "$work"
   # Mixed source: random, compressible text, zeroes.
-  { head -c 12000 /dev/urandom; head -c 9000 /dev/zero;
-    { yes 'luacow corpus line 0123456789' || true; } | head -c 30000;
-    head -c 14536 /dev/urandom; } > mixed.raw
+  { head -c 6000 /dev/urandom; head -c 4000 /dev/zero;
+    { yes 'luacow corpus line 0123456789' || true; } | head -c 16000;
+    head -c 6768 /dev/urandom; } > mixed.raw
 
   qemu-img create -q -f qcow2 -o cluster_size=512 q-v3.qcow2 64k
   q -c 'write -P 0x11 0 9000' -c 'write -P 0x22 20000 5000' \
@@ -42,9 +42,9 @@ q () { qemu-io -f qcow2 "$@" >/dev/null; }
   qemu-img snapshot -c second q-snap.qcow2
   q -c 'write -P 3 0 1k' q-snap.qcow2
 
-  qemu-img create -q -f qcow2 -o cluster_size=4096 q-bitmap.qcow2 64k
+  qemu-img create -q -f qcow2 -o cluster_size=512 q-bitmap.qcow2 16k
   qemu-img bitmap --add q-bitmap.qcow2 b0
-  q -c 'write -P 5 0 10000' q-bitmap.qcow2
+  q -c 'write -P 5 0 3000' q-bitmap.qcow2
 
   head -c 65536 /dev/urandom > base.raw
   qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw \

@@ -1,0 +1,44 @@
+# Shared helpers for end-to-end tests: TAP output, scratch directory,
+# nbdkit with the built filter on a Unix socket.  Source it from a test:
+#   . "$(dirname "$0")/lib.sh"
+set -u
+TOP=${LUACOW_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+FILTER=$TOP/plugin/nbdkit-luacow-filter.so
+export PATH=/usr/bin:$PATH          # Debian's python3 (nbdsh) first
+_tap_n=0 _tap_failed=0
+
+ok ()   { _tap_n=$((_tap_n + 1)); echo "ok $_tap_n - $*"; }
+fail () { _tap_n=$((_tap_n + 1)); _tap_failed=$((_tap_failed + 1)); echo "not ok $_tap_n - $*"; }
+# check "description" command...: ok when the command succeeds.
+check () { local d=$1; shift; if "$@"; then ok "$d"; else fail "$d"; fi; }
+done_testing () { echo "1..$_tap_n"; [ "$_tap_failed" -eq 0 ]; }
+
+# A private scratch directory, removed at exit (with any nbdkit we started).
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/luacow-e2e.XXXXXX")
+_pids=()
+cleanup () {
+  for p in "${_pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${_pids[@]}"; do wait "$p" 2>/dev/null; done
+  rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+# run_nbdkit SOCK-NAME ARGS... -- start nbdkit in the foreground in the
+# background, wait for its socket; sets NBDKIT_PID and URI.
+run_nbdkit () {
+  local sock=$SCRATCH/$1; shift
+  rm -f "$sock"
+  nbdkit -f -U "$sock" --filter="$FILTER" "$@" 2>>"$SCRATCH/nbdkit.log" &
+  NBDKIT_PID=$!
+  _pids+=("$NBDKIT_PID")
+  URI="nbd+unix:///?socket=$sock"
+  for _ in $(seq 1 100); do [ -S "$sock" ] && return 0; sleep 0.05; done
+  echo "# nbdkit did not start:"; sed 's/^/# /' "$SCRATCH/nbdkit.log"
+  return 1
+}
+
+# stop_nbdkit: SIGTERM and wait, so .cleanup (the exit save) runs.
+stop_nbdkit () {
+  kill -TERM "$NBDKIT_PID" 2>/dev/null
+  wait "$NBDKIT_PID"
+}
