@@ -52,7 +52,6 @@ next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 static void
 luacow_unload (void)
 {
-  events_exit ();             /* no-op unless cleanup was skipped */
   overlay_free (overlay);
   if (loaded_path)
     close (loaded.fd);

@@ -155,11 +155,11 @@ take_error (struct policy *p, char err[POLICY_ERRLEN])
   if (luacow_debug_lua)
     nbdkit_debug ("luacow: %s: %s", p->name, full);
   size_t line = strcspn (full, "\n");
-  size_t chunklen = strlen (p->chunk + 1);
+  size_t namelen = strlen (p->name);
   /* "policy.lua:12: ..." already names the script; plain validation
    * messages get "policy.lua: " in front.
    */
-  if (strncmp (full, p->chunk + 1, chunklen) == 0 && full[chunklen] == ':')
+  if (strlen (full) > namelen && memcmp (full, p->name, namelen) == 0 && full[namelen] == ':')
     snprintf (err, POLICY_ERRLEN, "%.*s", (int) line, full);
   else
     snprintf (err, POLICY_ERRLEN, "%s: %.*s", p->name, (int) line, full);
