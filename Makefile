@@ -63,7 +63,7 @@ unit: $(UNIT_BINS)
 DEB_PKGS = nbdkit nbdkit-plugin-dev liblua5.4-dev lua5.4 lua-busted zlib1g-dev \
            libzstd-dev qemu-utils libnbd-bin libnbd-dev python3-libnbd fio luarocks \
            pkg-config gcc make clang libclang-rt-14-dev clang-tidy cppcheck valgrind \
-           perl e2fsprogs util-linux procps
+           perl e2fsprogs util-linux procps xz-utils nbdkit-plugin-lua coreutils
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -238,6 +238,11 @@ run (const char *event)
     return -1;
   }
   if (yes) {
+    /* ctx.last_save_path points at last_save_path, which a successful
+     * save replaces: keep the old string alive until the saved hook ran.
+     */
+    char *prev_save_path = last_save_path;
+    last_save_path = NULL;
     if (save_with (event, &plan, &res, serr) == 0) {
       struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
                                     res.bytes, res.seconds };
@@ -251,6 +256,10 @@ run (const char *event)
         nbdkit_error ("luacow: %s event: %s", event, why);
       r = -1;
     }
+    if (last_save_path)           /* saved (or rescued): the old one goes */
+      free (prev_save_path);
+    else
+      last_save_path = prev_save_path;
     policy_plan_clear (&plan);
   }
   pthread_mutex_unlock (&save_lock);

@@ -44,9 +44,9 @@ trap _save_lib_cleanup EXIT
 note () { echo "# $*"; }
 
 checkv () {
-  local d=$1 out; shift
-  if out=$("$@" 2>&1); then ok "$d"
-  else fail "$d"; printf '%s\n' "$out" | tail -n 30 | sed 's/^/#   /'; fi
+  local _cv_what=$1 _cv_out; shift
+  if _cv_out=$("$@" 2>&1); then ok "$_cv_what"
+  else fail "$_cv_what"; printf '%s\n' "$_cv_out" | tail -n 30 | sed 's/^/#   /'; fi
 }
 
 start_nb () {
