@@ -364,25 +364,45 @@ struct extents_job {
  * hole+zero.
  */
 static int
+add_extent (struct extents_job *j, uint64_t off, uint64_t len, uint32_t type)
+{
+  if (nbdkit_add_extent (j->out, off, len, type) == -1) {
+    *j->err = errno;
+    return -1;
+  }
+  return 0;
+}
+
+/* Clean runs report what the plugin reports; overlay runs report data or
+ * hole+zero.
+ */
+static int
 extents_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
 {
   struct extents_job *j = opaque;
   if (kind != OV_CLEAN)
-    return nbdkit_add_extent (j->out, off, len,
-                              kind == OV_ZERO ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0)
-      == -1 ? -1 : 0;
+    return add_extent (j, off, len, kind == OV_ZERO ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0);
   if (j->next->can_extents (j->next) <= 0)
-    return nbdkit_add_extent (j->out, off, len, 0) == -1 ? -1 : 0;
+    return add_extent (j, off, len, 0);
   struct nbdkit_extents *below = nbdkit_extents_new (off, off + len);
-  if (!below)
+  if (!below) {
+    *j->err = errno;
     return -1;
+  }
   int r = j->next->extents (j->next, (uint32_t) len, off, j->flags, below, j->err);
+  uint64_t covered = off;
   for (size_t i = 0; r == 0 && i < nbdkit_extents_count (below); ++i) {
     struct nbdkit_extent e = nbdkit_get_extent (below, i);
-    r = nbdkit_add_extent (j->out, e.offset, e.length, e.type);
+    r = add_extent (j, e.offset, e.length, e.type);
+    covered = e.offset + e.length;
   }
   nbdkit_extents_free (below);
-  return r == -1 ? -1 : 0;
+  if (r == -1)
+    return -1;
+  /* The plugin may answer for less than asked; extents must stay
+   * contiguous, so the reply ends there (NBD allows a short reply).
+   */
+  return covered < off + len ? 1 : 0;
 }
 
 static int
@@ -391,12 +411,7 @@ luacow_extents (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset
 {
   struct extents_job j = { next, extents, flags & ~NBDKIT_FLAG_REQ_ONE, err };
   (void) handle;
-  if (overlay_map (overlay, offset, count, extents_run, &j) != 0) {
-    if (*err == 0)
-      *err = errno ? errno : EIO;
-    return -1;
-  }
-  return 0;
+  return overlay_map (overlay, offset, count, extents_run, &j) < 0 ? -1 : 0;
 }
 
 struct cache_job { nbdkit_next *next; int *err; };
