@@ -217,9 +217,13 @@ load_overlay (struct overlay *ov, const struct ov_lower *lower, const char *path
     snprintf (err, LOAD_ERRLEN, "%s", qerr.msg);
     goto out;
   }
-  if (qcow2_virtual_size (l.img) != l.size) {
+  /* qemu keeps whole sectors only, so a file it wrote for an export of
+   * odd size says the size rounded up to 512: that is the same disk.
+   */
+  uint64_t vsize = qcow2_virtual_size (l.img);
+  if (vsize != l.size && !(l.size % 512 && vsize == (l.size | 511) + 1)) {
     snprintf (err, LOAD_ERRLEN, "virtual size %" PRIu64 " differs from the export size %" PRIu64,
-              qcow2_virtual_size (l.img), l.size);
+              vsize, l.size);
     goto out;
   }
   l.cs = qcow2_cluster_size (l.img);

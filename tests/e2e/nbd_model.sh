@@ -12,7 +12,7 @@
 # MODEL_ROUNDS / MODEL_OPS / MODEL_SEED override the run's size and seed.
 . "$(dirname "$0")/lib.sh"
 
-ROUNDS=${MODEL_ROUNDS:-8}
+ROUNDS=${MODEL_ROUNDS:-12}
 OPS=${MODEL_OPS:-600}
 SEED=${MODEL_SEED:-$(( $(date +%s) % 100000 ))}
 echo "# seed $SEED (MODEL_SEED=$SEED to repeat), $ROUNDS rounds x $OPS ops x 4 connections"

@@ -28,6 +28,7 @@
   save_client.py readall URI OUT     the whole export into a raw file
   save_client.py flush URI           one flush, exit status is its result
   save_client.py hdr FILE            print qcow2 header fields as JSON
+  save_client.py exportsize FILE     the export size FILE was made for
 """
 import json
 import os
@@ -292,10 +293,41 @@ def cmd_hdr(argv):
     return 0
 
 
+def cmd_exportsize(argv):
+    """The export size a qcow2 file was made for: luacow's exact-size
+    extension when present, else the header's size; 65536 when the
+    header is unreadable or the size absurd (the file is then rejected
+    for that anyway)."""
+    import struct
+    try:
+        with open(argv[0], "rb") as f:
+            data = f.read(1 << 16)
+        magic, version = struct.unpack(">II", data[:8])
+        size = struct.unpack(">Q", data[24:32])[0]
+        pos = 72
+        if version >= 3:
+            pos = struct.unpack(">I", data[100:104])[0]
+        while pos + 8 <= len(data):
+            typ, ln = struct.unpack(">II", data[pos:pos + 8])
+            if typ == 0:
+                break
+            if typ == 0x6c636f77 and ln == 8:
+                size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+                break
+            pos += 8 + (ln + 7) // 8 * 8
+    except Exception:
+        size = 65536
+    if not 0 < size < (1 << 62):
+        size = 65536
+    print(size)
+    return 0
+
+
 def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
     fn = {"ops": cmd_ops, "mapcheck": cmd_mapcheck, "info": cmd_info,
-          "readall": cmd_readall, "flush": cmd_flush, "hdr": cmd_hdr}[cmd]
+          "readall": cmd_readall, "flush": cmd_flush, "hdr": cmd_hdr,
+          "exportsize": cmd_exportsize}[cmd]
     sys.exit(fn(argv))
 
 
