@@ -64,12 +64,12 @@ enum {
  * and so a hostile file cannot make us allocate more than qemu would.
  */
 #define QCOW2_MAX_L1_BYTES (32u * 1024 * 1024)
-#define QCOW2_MAX_REFTABLE_BYTES (8u * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES ((uint64_t) 8 << 20)
 #define QCOW2_MAX_SNAPSHOTS 65536u
-#define QCOW2_MAX_SNAPSHOT_TABLE_BYTES (1024u * 65536u)
+#define QCOW2_MAX_SNAPSHOT_TABLE_BYTES ((uint64_t) 1024 * 65536)
 #define QCOW2_MAX_SNAPSHOT_EXTRA 1024u
 #define QCOW2_MAX_BITMAPS 65535u
-#define QCOW2_MAX_BITMAP_DIR_BYTES (1024u * 65535u)
+#define QCOW2_MAX_BITMAP_DIR_BYTES ((uint64_t) 1024 * 65535)
 
 #define QCOW2_SECTOR 512u
 

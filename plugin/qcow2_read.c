@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define ZLIB_CONST           /* next_in is const: no cast away of const */
 #include <zlib.h>
 #include <zstd.h>
 
@@ -1027,7 +1028,7 @@ static int inflate_cluster (const uint8_t *src, size_t len, uint8_t *out,
     qcow2_seterr (err, "qcow2: inflateInit2 failed");
     return -1;
   }
-  zs.next_in = (Bytef *) (uintptr_t) src;
+  zs.next_in = (const Bytef *) src;
   zs.avail_in = (uInt) len;
   zs.next_out = out;
   zs.avail_out = (uInt) out_len;

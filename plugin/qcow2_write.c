@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#define ZLIB_CONST           /* next_in is const: no cast away of const */
 #include <zlib.h>
 #include <zstd.h>
 
@@ -33,8 +34,8 @@
  */
 /* NOLINTBEGIN(clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling) */
 
-#define OUTBUF_BYTES (8u * 1024 * 1024)
-#define STAGE_BYTES (4u * 1024 * 1024)
+#define OUTBUF_BYTES ((uint64_t) 8 << 20)
+#define STAGE_BYTES ((uint64_t) 4 << 20)
 #define REFCOUNT_MAX 0xffffu        /* refcount_order 4 */
 
 /* Fields ordered by size (8-byte, then 4-byte, then flags) to avoid
@@ -235,7 +236,7 @@ static int compress_cluster (struct qcow2_writer *w, const void *buf,
       qcow2_seterr (err, "qcow2: deflateReset failed");
       return -1;
     }
-    w->zs.next_in = (Bytef *) (uintptr_t) buf;
+    w->zs.next_in = (const Bytef *) buf;
     w->zs.avail_in = w->cluster_size;
     w->zs.next_out = w->cbuf;
     w->zs.avail_out = (uInt) w->climit;

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Every file the loader rejects stops nbdkit at startup: non-zero exit,
+# exactly one error line on stderr that names the file, and no client is
+# ever served.  Files: the crafted corpus tests/corpus/bad/* (each with an
+# export of the size the file was made for, so that the damage itself is
+# what gets rejected), damaged copies of a qemu-img file made here (one per
+# reason the brief lists), and good files over an export of another size.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/src/save_lib.sh"
+
+CORPUS=$TOP/tests/corpus/bad
+GOOD=$TOP/tests/corpus/good
+
+# rejected LABEL FILE SIZE [REASON-ERE]: one TAP line.
+rejected () {
+  local label=$1 f=$2 size=$3 reason=${4:-} name=rej n=0
+  local err=$SCRATCH/$name.log marker=$SCRATCH/served
+  rm -f "$marker" "$SCRATCH/client.err"
+  # The captive client starts before the filter's startup finishes (nbdkit
+  # runs --run first): it must not get an answer.
+  run_nb "$name" null size="$size" luacow-load="$f" -- \
+    "nbdinfo --size \"\$uri\" >/dev/null 2>>$SCRATCH/client.err && touch $marker"
+  local why=()
+  [ "$NB_RC" -ne 0 ] || why+=("nbdkit exited 0")
+  [ "$NB_RC" -ne 137 ] || why+=("nbdkit timed out")
+  [ ! -e "$marker" ] || why+=("a client was served")
+  n=$(grep -c '' "$err")
+  [ "$n" -eq 1 ] || why+=("stderr has $n lines, not 1")
+  grep -qF -- "nbdkit: error: luacow: $f: " "$err" || why+=("no 'luacow: $f: ' error line")
+  [ -z "$reason" ] || grep -qE -- "$reason" "$err" || why+=("reason is not /$reason/")
+  grep -qiE 'segfault|assert|abort|core dumped|sanitizer' "$err" && why+=("crash")
+  if [ ${#why[@]} -eq 0 ]; then
+    ok "$label: rejected at startup: $(sed "s|.*$f: ||" "$err")"
+  else
+    fail "$label: ${why[*]}"
+    sed 's/^/#   stderr: /' "$err"
+  fi
+}
+
+# ---------------------------------------------------------------- corpus
+ncorpus=$(find "$CORPUS" -maxdepth 1 -type f 2>/dev/null | wc -l)
+if [ "$ncorpus" -ge 60 ]; then
+  note "corpus: $ncorpus files in tests/corpus/bad"
+  for f in "$CORPUS"/*; do
+    [ -f "$f" ] || continue
+    # A copy in a directory of ours: the error must name the path given.
+    cp "$f" "$SCRATCH/${f##*/}"
+    rejected "corpus ${f##*/}" "$SCRATCH/${f##*/}" "$(client exportsize "$f")"
+    rm -f "$SCRATCH/${f##*/}"
+  done
+else
+  fail "tests/corpus/bad has $ncorpus files (expected >= 60); only the files crafted below are checked"
+fi
+
+# --------------------------------------------------------- crafted here
+# From a qemu-img v3 file (64K clusters, 1 MiB, two data clusters), one
+# damaged copy per reason.
+C=$SCRATCH/crafted; mkdir -p "$C"
+qemu-img create -q -f qcow2 -o cluster_size=65536 "$C/good.qcow2" 1M
+qemu-io -f qcow2 -c "write -P 0x11 0 4096" -c "write -P 0x22 524288 65536" "$C/good.qcow2" >/dev/null
+"$PY" - "$C" <<'EOF'
+import os, struct, sys
+d = sys.argv[1]
+good = open(os.path.join(d, "good.qcow2"), "rb").read()
+l1_off = struct.unpack(">Q", good[40:48])[0]
+rt_off = struct.unpack(">Q", good[48:56])[0]
+l1e0 = struct.unpack(">Q", good[l1_off:l1_off + 8])[0]
+l2_off = l1e0 & 0x00fffffffffffe00
+l2e0 = struct.unpack(">Q", good[l2_off:l2_off + 8])[0]
+data0 = l2e0 & 0x00fffffffffffe00
+assert l2_off and data0, "unexpected layout"
+
+def put(buf, off, fmt, val):
+    b = bytearray(buf); struct.pack_into(fmt, b, off, val); return bytes(b)
+
+def save(name, buf):
+    open(os.path.join(d, name + ".qcow2"), "wb").write(buf)
+
+incompat = struct.unpack(">Q", good[72:80])[0]
+save("bad-magic", put(good, 0, ">I", 0x514649fa))
+save("version-4", put(good, 4, ">I", 4))
+save("encryption", put(good, 32, ">I", 1))
+for bit, name in ((0, "dirty-bit"), (1, "corrupt-bit"), (2, "external-data-file-bit"),
+                  (4, "extended-l2-bit"), (5, "unknown-incompatible-bit5"),
+                  (40, "unknown-incompatible-bit40")):
+    save(name, put(good, 72, ">Q", incompat | (1 << bit)))
+save("l1-too-small", put(good, 36, ">I", 0))
+save("l2-unaligned", put(good, l1_off, ">Q", l1e0 + 512))
+save("l2-past-eof", put(good, l1_off, ">Q", (l1e0 & ~0x00fffffffffffe00) | (len(good) // 65536 + 4) * 65536))
+save("l2-on-l1", put(good, l1_off, ">Q", (l1e0 & ~0x00fffffffffffe00) | l1_off))
+save("l2-on-refcount-table", put(good, l1_off, ">Q", (l1e0 & ~0x00fffffffffffe00) | rt_off))
+save("data-on-header", put(good, l2_off, ">Q", (l2e0 & ~0x00fffffffffffe00) | 0))
+save("data-past-eof", put(good, l2_off, ">Q", (l2e0 & ~0x00fffffffffffe00) | (len(good) // 65536 + 8) * 65536))
+save("truncated-header", good[:50])
+save("truncated-in-l1", good[:l1_off + 4])
+save("truncated-in-data", good[:data0 + 100])
+save("empty", b"")
+EOF
+for f in "$C"/*.qcow2; do
+  case ${f##*/} in good.qcow2) continue;; esac
+  rejected "crafted ${f##*/}" "$f" 1048576
+done
+checkv "the undamaged original loads (the damage is what is rejected)" \
+  bash -c "nbdkit -f -U '$SCRATCH/good.sock' --filter='$FILTER' null size=1048576 luacow-load='$C/good.qcow2' \
+           --run 'nbdinfo --size \"\$uri\"' 2>&1 | grep -qx 1048576"
+
+# ----------------------------------------------- virtual size != export
+rejected "export larger than the file's virtual size" "$C/good.qcow2" 2097152 \
+  'virtual size 1048576 differs from the export size 2097152'
+rejected "export smaller than the file's virtual size" "$C/good.qcow2" 1048064 \
+  'virtual size 1048576 differs from the export size 1048064'
+if [ -f "$GOOD/enc-1k-odd-deflate.qcow2" ]; then
+  s=$(client exportsize "$GOOD/enc-1k-odd-deflate.qcow2")
+  rejected "luacow's exact size is checked, not the 512-rounded header size" \
+    "$GOOD/enc-1k-odd-deflate.qcow2" "$(( (s + 511) / 512 * 512 ))" "differs from the export size"
+fi
+# A path that does not exist, a directory: named in the error too.  (The
+# default policy only loads a luacow-load= file that exists, so these go
+# through a policy.)
+echo "return { load = \"$SCRATCH/missing.qcow2\" }" > "$SCRATCH/missing.lua"
+run_nb missing null size=1M luacow-script="$SCRATCH/missing.lua" -- "touch $SCRATCH/served2"
+checkv "a load path that does not exist: non-zero exit, one line naming it" \
+  bash -c "[ $NB_RC -ne 0 ] && [ ! -e $SCRATCH/served2 ] && [ \$(grep -c '' '$NB_LOG') = 1 ] && grep -q 'luacow: $SCRATCH/missing.qcow2: cannot open' '$NB_LOG'" 
+mkdir -p "$SCRATCH/adir.qcow2"
+echo "return { load = \"$SCRATCH/adir.qcow2\" }" > "$SCRATCH/adir.lua"
+run_nb adir null size=1M luacow-script="$SCRATCH/adir.lua" -- "nbdinfo \"\$uri\" >/dev/null 2>&1 && touch $SCRATCH/served3"
+checkv "a load path that is a directory: non-zero exit, one line naming it" \
+  bash -c "[ $NB_RC -ne 0 ] && [ ! -e $SCRATCH/served3 ] && [ \$(grep -c '' '$NB_LOG') = 1 ] && grep -q 'luacow: $SCRATCH/adir.qcow2: ' '$NB_LOG'"
+
+done_testing

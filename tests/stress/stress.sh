@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# Usage: tests/stress/stress.sh [OPTIONS] [SECONDS]      (default 20 s)
+#
+# Concurrency stress of the luacow filter under checkpoints, with an exact
+# model of every acknowledged write:
+#
+#   nbdkit pattern size=SIZE --filter=luacow, policy: events {"flush",
+#   "interval"}, interval = 1, save on every event, always to one path;
+#   tests/stress/stress.c: CONNS connections doing random unaligned writes,
+#   zeroes, trims, reads (checked at once), block status and flushes for
+#   SECONDS, each connection owning a rotating disjoint set of regions;
+#   a mid-run flush checkpoint is kept with its model;
+#   SIGTERM -> the exit save; then each checkpoint is checked with
+#   qemu-img check, reloaded (luacow-load=) into a fresh nbdkit over the
+#   same base and compared byte for byte with its model.
+#
+# Options (environment variable in brackets):
+#   --mode plain|valgrind|asan  [STRESS_MODE]  default plain
+#       valgrind: every nbdkit runs under valgrind memcheck with
+#         tests/stress/valgrind.supp; reports whose stack involves the
+#         filter fail the test, others are printed as comments.
+#       asan: the filter is rebuilt from a copy of the tree with clang
+#         -fsanitize=address,undefined and run with the ASan runtime
+#         preloaded into nbdkit (LeakSanitizer on at exit).
+#   --conns N         [STRESS_CONNS]        default 8
+#   --size BYTES      [STRESS_SIZE]         default 16 MiB + 1536 (8 MiB + 1536 under valgrind)
+#   --rate OPS/S      [STRESS_RATE]         total cap, default none (400 under valgrind)
+#   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 1000
+#   --seed N          [STRESS_SEED]         default: time
+#   --keep            [STRESS_KEEP=1]       keep the scratch directory
+# Also: LUACOW_FILTER (the filter to test, default plugin/nbdkit-luacow-filter.so;
+# --mode asan builds its own from STRESS_SRC, default this tree),
+# STRESS_TMPDIR (scratch location; default /dev/shm when writable, so that
+# the saves' fsyncs do not dominate, else TMPDIR or /tmp).
+#
+# The export size is a multiple of 512 but not of 4096, so the last overlay
+# block and the last qcow2 cluster are short.  Prints TAP; exits non-zero
+# when anything failed.
+set -u
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PATH=/usr/bin:$PATH
+
+mode=${STRESS_MODE:-plain}
+conns=${STRESS_CONNS:-8}
+size=${STRESS_SIZE:-}
+rate=${STRESS_RATE:-}
+flush_one_in=${STRESS_FLUSH_ONE_IN:-1000}
+seed=${STRESS_SEED:-}
+keep=${STRESS_KEEP:-0}
+secs=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --mode) mode=$2; shift 2 ;;
+    --mode=*) mode=${1#*=}; shift ;;
+    --conns) conns=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --flush-one-in) flush_one_in=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    [0-9]*) secs=$1; shift ;;
+    *) echo "stress.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+secs=${secs:-20}
+case $mode in
+  plain) ;;
+  valgrind) size=${size:-$((8 * 1048576 + 1536))}; rate=${rate:-400} ;;
+  asan) ;;
+  *) echo "stress.sh: --mode must be plain, valgrind or asan" >&2; exit 2 ;;
+esac
+size=${size:-$((16 * 1048576 + 1536))}
+rate=${rate:-0}
+seed=${seed:-$(date +%s)}
+
+n=0 failed=0
+ok ()     { n=$((n + 1)); echo "ok $n - [$mode] $*"; }
+not_ok () { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - [$mode] $*"; }
+finish () { echo "1..$n"; [ "$failed" -eq 0 ]; exit; }
+comment () { sed 's/^/# /'; }
+
+base=${STRESS_TMPDIR:-}
+if [ -z "$base" ]; then
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then base=/dev/shm; else base=${TMPDIR:-/tmp}; fi
+fi
+dir=$(mktemp -d "$base/luacow-stress.XXXXXX") || { not_ok "mktemp in $base"; finish; }
+pids=()
+cleanup () {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  if [ "$keep" = 1 ]; then echo "# scratch directory kept: $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+
+echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, seed $seed, scratch $dir"
+
+# ---------------------------------------------------------------- build
+if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP/tests/stress/stress.c" \
+     $(pkg-config --cflags --libs libnbd 2>/dev/null || echo -lnbd) -lpthread >"$dir/cc.log" 2>&1; then
+  ok "build the libnbd stress client"
+else
+  not_ok "build the libnbd stress client"; comment <"$dir/cc.log"; finish
+fi
+
+# A dlclose that does nothing: the filter stays mapped after nbdkit unloads
+# it, so that leak reports made at exit can still name its functions.
+printf 'int dlclose (void *h);\nint dlclose (void *h) { (void) h; return 0; }\n' >"$dir/nodlclose.c"
+cc -shared -fPIC -o "$dir/nodlclose.so" "$dir/nodlclose.c" || { not_ok "build the dlclose shim"; finish; }
+
+filter=${LUACOW_FILTER:-$TOP/plugin/nbdkit-luacow-filter.so}
+wrap=()
+case $mode in
+  plain|valgrind)
+    if [ ! -f "$filter" ]; then not_ok "the filter $filter is built (run make)"; finish; fi
+    if [ "$mode" = valgrind ]; then
+      if ! command -v valgrind >/dev/null; then not_ok "valgrind is installed"; finish; fi
+      # %p: one log per process; nbdkit does not fork with -f.
+      wrap=(env "LD_PRELOAD=$dir/nodlclose.so" valgrind --tool=memcheck --leak-check=full
+            --errors-for-leak-kinds=definite,possible --error-exitcode=99 --num-callers=40
+            --fair-sched=yes --suppressions="$TOP/tests/stress/valgrind.supp"
+            --log-file="$dir/vg-%q{LUACOW_RUN}.%p.log")
+    fi ;;
+  asan)
+    asan_rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
+    if ! command -v clang >/dev/null || [ ! -f "$asan_rt" ]; then
+      not_ok "clang and libclang_rt.asan-x86_64.so are installed"; finish
+    fi
+    mkdir -p "$dir/tree"
+    src=${STRESS_SRC:-$TOP}
+    cp -r "$src/Makefile" "$src/plugin" "$src/lua" "$src/tools" "$dir/tree/" 2>"$dir/build.log"
+    rm -f "$dir"/tree/plugin/*.o "$dir"/tree/plugin/*.so
+    if make -s -j2 -C "$dir/tree" CC=clang CFLAGS="-O1 -g -Wno-error" \
+         SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+         plugin/nbdkit-luacow-filter.so >>"$dir/build.log" 2>&1; then
+      ok "build the filter with clang -fsanitize=address,undefined"
+    else
+      not_ok "build the filter with clang -fsanitize=address,undefined"; tail -30 "$dir/build.log" | comment; finish
+    fi
+    filter=$dir/tree/plugin/nbdkit-luacow-filter.so
+    wrap=(env "LD_PRELOAD=$asan_rt $dir/nodlclose.so"
+          "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=98:log_path=$dir/asan"
+          "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$dir/asan"
+          "LSAN_OPTIONS=log_path=$dir/asan")
+    if command -v llvm-symbolizer >/dev/null; then
+      wrap+=("ASAN_SYMBOLIZER_PATH=$(command -v llvm-symbolizer)")
+    fi ;;
+esac
+
+cat >"$dir/policy.lua" <<'EOF'
+-- Save on every event to one path; log each save (and touch last_save,
+-- so the saved hook sees the previous checkpoint).
+return {
+  events = { "flush", "interval" },
+  interval = 1,
+  save = function (ctx) return true end,
+  name = function (ctx) return ctx.params.save end,
+  saved = function (ctx, r)
+    local f = assert(io.open(ctx.params.log, "a"))
+    f:write(string.format("%s %d %d %.3f %s\n", ctx.event, r.data_clusters,
+                          r.zero_clusters, r.seconds,
+                          ctx.last_save and ctx.last_save.path or "-"))
+    f:close()
+  end,
+}
+EOF
+
+# start NAME SOCK ARGS...: nbdkit (wrapped per mode) in the background;
+# sets PID.  Waits for the socket (valgrind starts slowly).
+start () {
+  local name=$1 sock=$2; shift 2
+  rm -f "$sock"
+  LUACOW_RUN=$name TMPDIR=$dir "${wrap[@]}" nbdkit -f -U "$sock" --filter="$filter" \
+    pattern size="$size" "$@" 2>"$dir/nbdkit-$name.log" &
+  PID=$!
+  pids+=("$PID")
+  for _ in $(seq 1 600); do
+    [ -S "$sock" ] && return 0
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "# nbdkit ($name) did not start:"; comment <"$dir/nbdkit-$name.log"
+  return 1
+}
+# stop: SIGTERM, wait; sets RC.
+stop () {
+  kill -TERM "$PID" 2>/dev/null
+  wait "$PID"; RC=$?
+}
+# exit_ok NAME: ok if nbdkit exited 0; under a checker, its own exit code
+# (99 valgrind, 98 LeakSanitizer) is judged by the report checks instead.
+exit_ok () {
+  local what="nbdkit ($1) exited cleanly after SIGTERM"
+  if [ "$RC" -eq 0 ] || { [ "$mode" = valgrind ] && [ "$RC" -eq 99 ]; } ||
+     { [ "$mode" = asan ] && [ "$RC" -eq 98 ]; }; then
+    if [ "$RC" -eq 0 ]; then ok "$what"
+    else ok "$what (exit status $RC: see the $mode report checks)"; fi
+  else
+    not_ok "$what (exit status $RC)"; tail -20 "$dir/nbdkit-$1.log" | comment
+  fi
+}
+
+# ---------------------------------------------------------------- run
+ckpt=$dir/checkpoint.qcow2
+if ! start stress "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
+       luacow-log="$dir/saves.log"; then
+  not_ok "start nbdkit with the filter"; finish
+fi
+ok "start nbdkit with the filter (pid $PID)"
+"$dir/stress" -s "$dir/sock" -t "$secs" -c "$conns" -r "$rate" -S "$seed" \
+  -F "$flush_one_in" -o "$dir/final.model" -m "$dir/mid" -p "$ckpt" >"$dir/client.log" 2>&1
+crc=$?
+comment_lines=$(grep -E 'ops in|mid-run|final read-back' "$dir/client.log" | sed 's/^# //' | tr '\n' ';')
+if [ "$crc" -eq 0 ]; then
+  ok "$conns connections of random I/O for $secs s, every read and the read-back match the model"
+else
+  not_ok "$conns connections of random I/O for $secs s (client exit status $crc)"
+  grep -v '^# stress:' "$dir/client.log" | head -40 | sed 's/^\([^#]\)/# \1/'
+fi
+grep -E '^# [0-9]+ ops in' "$dir/client.log"
+stop
+exit_ok stress
+nflush=$(grep -c '^flush ' "$dir/saves.log" 2>/dev/null)
+ninterval=$(grep -c '^interval ' "$dir/saves.log" 2>/dev/null)
+nexit=$(grep -c '^exit ' "$dir/saves.log" 2>/dev/null)
+if [ "${nflush:-0}" -ge 1 ] && [ "${ninterval:-0}" -ge 1 ] && [ "${nexit:-0}" -eq 1 ]; then
+  ok "checkpoints were saved on flush ($nflush), interval ($ninterval) and exit ($nexit)"
+else
+  not_ok "checkpoints were saved on flush (${nflush:-0}), interval (${ninterval:-0}) and exit (${nexit:-0})"
+  comment <"$dir/nbdkit-stress.log" | tail -20
+fi
+awk '{ n++; t += $4; if ($4 > m) m = $4 } END { if (n) printf "# %d saves, %.3f s mean, %.3f s max\n", n, t / n, m }' \
+  "$dir/saves.log" 2>/dev/null
+
+# check_ckpt NAME FILE MODEL: qemu-img check, reload, compare.
+check_ckpt () {
+  local name=$1 file=$2 model=$3
+  if [ ! -f "$file" ] || [ ! -f "$model" ]; then
+    not_ok "$name checkpoint and its model exist"; return
+  fi
+  if qemu-img check -q -f qcow2 "$file" >"$dir/check-$name.log" 2>&1; then
+    ok "qemu-img check of the $name checkpoint"
+  else
+    not_ok "qemu-img check of the $name checkpoint"; comment <"$dir/check-$name.log"
+  fi
+  if ! start "reload-$name" "$dir/sock-$name" luacow-load="$file"; then
+    not_ok "reload the $name checkpoint"; return
+  fi
+  if "$dir/stress" -V -s "$dir/sock-$name" -i "$model" >"$dir/verify-$name.log" 2>&1; then
+    ok "the reloaded $name checkpoint matches its model byte for byte ($size bytes)"
+  else
+    not_ok "the reloaded $name checkpoint matches its model byte for byte"
+    head -20 "$dir/verify-$name.log" | sed 's/^\([^#]\)/# \1/'
+  fi
+  stop
+  exit_ok "reload-$name"
+}
+check_ckpt final "$ckpt" "$dir/final.model"
+check_ckpt mid-run "$dir/mid.qcow2" "$dir/mid.model"
+
+# ---------------------------------------------------------------- reports
+# The filter's frames: its object file, or one of its source files.
+srcs=$(cd "$TOP/plugin" && ls *.c | sed 's/\.c$//' | paste -sd'|')
+filter_re="nbdkit-luacow-filter\\.so|[(/ ]($srcs)\\.c:"
+
+# classify FILE...: reads valgrind logs; prints "ferr fleak oerr oleak" and
+# writes the filter's blocks to $dir/filter-reports, the others to
+# $dir/other-reports.
+vg_classify () {
+  awk -v re="$filter_re" -v fr="$dir/filter-reports" -v orp="$dir/other-reports" '
+    function done_block(   leak, inf) {
+      if (blk != "" && frames) {
+        leak = blk ~ /lost in loss record/
+        inf = blk ~ re
+        if (inf) { if (leak) fl++; else fe++; print blk "\n" > fr }
+        else { if (leak) ol++; else oe++; print blk "\n" > orp }
+      }
+      blk = ""; frames = 0
+    }
+    FNR == 1 { done_block(); skip = 0 }
+    /^==[0-9]+== *$/ { done_block(); next }
+    /^==[0-9]+== (HEAP|LEAK|ERROR) SUMMARY/ { done_block(); skip = 1 }
+    /^==[0-9]+== +(at|by) 0x/ { frames = 1 }
+    { if (skip) next; line = $0; sub(/^==[0-9]+== /, "", line); blk = blk (blk == "" ? "" : "\n") line }
+    END { done_block(); printf "%d %d %d %d\n", fe, fl, oe, ol }' "$@"
+}
+
+# asan_classify FILE...: the same for ASan/LSan/UBSan logs (blocks are
+# separated by empty lines; stack frames are "#N 0x...").
+asan_classify () {
+  awk -v re="$filter_re" -v fr="$dir/filter-reports" -v orp="$dir/other-reports" '
+    function done_block(   leak, inf) {
+      if (blk != "" && (frames || blk ~ /runtime error:/)) {
+        leak = blk ~ /(Direct|Indirect) leak of/
+        inf = blk ~ re || blk ~ /runtime error:|ERROR: AddressSanitizer/
+        if (inf) { if (leak) fl++; else fe++; print blk "\n" > fr }
+        else { if (leak) ol++; else oe++; print blk "\n" > orp }
+      }
+      blk = ""; frames = 0
+    }
+    FNR == 1 { done_block() }
+    /^[[:space:]]*$/ { done_block(); next }
+    /^ *#[0-9]+ 0x/ { frames = 1 }
+    /^SUMMARY:|^=+$/ { next }
+    { blk = blk (blk == "" ? "" : "\n") $0 }
+    END { done_block(); printf "%d %d %d %d\n", fe, fl, oe, ol }' "$@"
+}
+
+report () {  # KIND ferr fleak oerr oleak
+  local kind=$1 fe=$2 fl=$3 oe=$4 ol=$5
+  if [ "$fe" -eq 0 ]; then ok "$kind: no memory errors involving the filter ($runs nbdkit runs)"
+  else not_ok "$kind: $fe memory error reports involving the filter"; fi
+  if [ "$fl" -eq 0 ]; then ok "$kind: no leaks involving the filter"
+  else not_ok "$kind: $fl leak reports involving the filter"; fi
+  if [ "$fe" -gt 0 ] || [ "$fl" -gt 0 ]; then head -150 "$dir/filter-reports" | comment; fi
+  if [ "$oe" -gt 0 ] || [ "$ol" -gt 0 ]; then
+    echo "# $kind: $oe error and $ol leak reports outside the filter (not counted):"
+    head -60 "$dir/other-reports" | comment
+  fi
+}
+
+runs=3
+case $mode in
+  valgrind)
+    logs=("$dir"/vg-*.log)
+    if [ ! -f "${logs[0]}" ]; then not_ok "valgrind wrote its logs"; finish; fi
+    runs=${#logs[@]}
+    read -r fe fl oe ol < <(vg_classify "${logs[@]}")
+    report valgrind "$fe" "$fl" "$oe" "$ol"
+    grep -h 'ERROR SUMMARY' "${logs[@]}" | sed 's/^==[0-9]*== /# /' ;;
+  asan)
+    logs=("$dir"/asan.*)
+    if [ -f "${logs[0]}" ]; then
+      read -r fe fl oe ol < <(asan_classify "${logs[@]}")
+    else
+      fe=0 fl=0 oe=0 ol=0
+    fi
+    report "ASan+UBSan" "$fe" "$fl" "$oe" "$ol" ;;
+esac
+finish
