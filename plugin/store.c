@@ -1,6 +1,7 @@
 /* luacow: overlay store, see store.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,10 +13,18 @@
 
 #include "store.h"
 
+/* The file is kept sparse and larger than what is written, so writes
+ * into new slots never extend it: an extending write makes the
+ * filesystem journal a size change on every request.
+ */
+#define INITIAL_SIZE ((uint64_t) 64 << 30)
+
 struct store {
   int fd;
   uint32_t slot_size;
   _Atomic uint64_t next_slot;
+  _Atomic uint64_t file_size;
+  pthread_mutex_t grow_lock;
 };
 
 struct store *
@@ -54,7 +63,26 @@ store_new (const char *dir, uint32_t slot_size)
     free (st);
     return NULL;
   }
+  pthread_mutex_init (&st->grow_lock, NULL);
+  if (ftruncate (st->fd, (off_t) INITIAL_SIZE) == 0)
+    st->file_size = INITIAL_SIZE;
   return st;
+}
+
+/* Keep the sparse size ahead of the slots handed out (doubling). */
+static void
+grow (struct store *st, uint64_t end)
+{
+  pthread_mutex_lock (&st->grow_lock);
+  uint64_t size = atomic_load (&st->file_size);
+  if (end > size) {
+    uint64_t want = size * 2 > end ? size * 2 : end;
+    if (ftruncate (st->fd, (off_t) want) == 0)
+      atomic_store (&st->file_size, want);
+    else if (ftruncate (st->fd, (off_t) end) == 0)   /* near the filesystem's limit */
+      atomic_store (&st->file_size, end);
+  }
+  pthread_mutex_unlock (&st->grow_lock);
 }
 
 void
@@ -63,13 +91,18 @@ store_free (struct store *st)
   if (!st)
     return;
   close (st->fd);
+  pthread_mutex_destroy (&st->grow_lock);
   free (st);
 }
 
 uint64_t
 store_alloc (struct store *st, uint64_t n)
 {
-  return atomic_fetch_add_explicit (&st->next_slot, n, memory_order_relaxed);
+  uint64_t slot = atomic_fetch_add_explicit (&st->next_slot, n, memory_order_relaxed);
+  uint64_t end = (slot + n) * st->slot_size;
+  if (end > atomic_load_explicit (&st->file_size, memory_order_relaxed))
+    grow (st, end);
+  return slot;
 }
 
 int
