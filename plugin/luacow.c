@@ -36,7 +36,10 @@ static struct policy *policy;
 static unsigned event_mask;
 static double event_interval;
 
-static nbdkit_next *shared;           /* plugin context for saves and reloads */
+static nbdkit_backend *backend;       /* the plugin, from config_complete on */
+static nbdkit_next *shared;           /* plugin context for saves, after the fork */
+static uint32_t cluster_size;
+static double started_at;
 static struct overlay *overlay;
 static struct load_result loaded;
 static char *loaded_path;
@@ -139,7 +142,10 @@ luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdat
     nbdkit_error ("luacow: %s", err);
     return -1;
   }
-  return next (nxdata);
+  if (next (nxdata) == -1)
+    return -1;
+  backend = nxdata;
+  return 0;
 }
 
 #define luacow_config_help \
@@ -163,47 +169,69 @@ epoch_now (void)
   return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-/* Now the plugin can be asked its size: choose the cluster size, build
- * the overlay, reload what the policy names.  Any failure stops nbdkit
- * before the first client is served.
+/* Open a context of our own into the plugin, managed by hand. */
+static nbdkit_next *
+open_plugin (nbdkit_backend *b)
+{
+  nbdkit_next *next = nbdkit_next_context_open (b, 1, "", 1);
+  /* get_size also makes nbdkit record the size it checks requests by. */
+  if (!next || next->prepare (next) == -1 || next->get_size (next) == -1) {
+    nbdkit_error ("luacow: cannot open the plugin");
+    if (next)
+      nbdkit_next_context_close (next);
+    return NULL;
+  }
+  return next;
+}
+
+static void
+close_plugin (nbdkit_next *next)
+{
+  next->finalize (next);
+  nbdkit_next_context_close (next);
+}
+
+/* Still before nbdkit forks and before --run starts its command, so a
+ * failure here stops nbdkit with a non-zero status and nothing served:
+ * ask the plugin its size, choose the cluster size, build the overlay,
+ * reload what the policy names.  The context used is closed again; the
+ * one for saves is opened after the fork.
  */
 static int
-luacow_after_fork (nbdkit_backend *backend)
+luacow_get_ready (int thread_model)
 {
-  static struct ov_lower lower = { next_pread, NULL };
+  struct ov_lower lower = { next_pread, NULL };
   char err[POLICY_ERRLEN], lerr[LOAD_ERRLEN];
-  uint32_t cluster_size;
-  double started = epoch_now ();
+  (void) thread_model;
 
-  /* A context of our own, managed by hand: open, then prepare. */
-  shared = nbdkit_next_context_open (backend, 1, "", 1);
-  if (!shared || shared->prepare (shared) == -1) {
-    nbdkit_error ("luacow: cannot open the plugin");
+  started_at = epoch_now ();
+  nbdkit_next *next = open_plugin (backend);
+  if (!next)
     return -1;
-  }
-  lower.handle = shared;
-  int64_t size = shared->get_size (shared);
+  lower.handle = next;
+  int r = -1;
+  int64_t size = next->get_size (next);
   if (size < 0)
-    return -1;
+    goto out;
   if (policy_cluster_size (policy, (uint64_t) size, &cluster_size, err) == -1) {
     nbdkit_error ("luacow: %s", err);
-    return -1;
+    goto out;
   }
   const char *tmpdir = getenv ("TMPDIR");
   overlay = overlay_new ((uint64_t) size, cluster_size < 4096 ? cluster_size : 4096,
                          tmpdir && *tmpdir ? tmpdir : "/var/tmp");
   if (!overlay)
-    return -1;
+    goto out;
   if (policy_load (policy, &loaded_path, err) == -1) {
     nbdkit_error ("luacow: %s", err);
-    return -1;
+    goto out;
   }
   if (loaded_path) {
     if (load_overlay (overlay, &lower, loaded_path, &loaded, lerr) == -1) {
       nbdkit_error ("luacow: %s: %s", loaded_path, lerr);
       free (loaded_path);
       loaded_path = NULL;
-      return -1;
+      goto out;
     }
     nbdkit_debug ("luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
                   " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s",
@@ -213,23 +241,37 @@ luacow_after_fork (nbdkit_backend *backend)
   if (luacow_debug_verbose)
     nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x",
                   policy_name (policy), size, cluster_size, event_mask);
+  r = 0;
+ out:
+  close_plugin (next);
+  return r;
+}
+
+/* Serving starts: open the context saves read through, start events. */
+static int
+luacow_after_fork (nbdkit_backend *b)
+{
+  static struct ov_lower lower = { next_pread, NULL };
+  shared = open_plugin (b);
+  if (!shared)
+    return -1;
+  lower.handle = shared;
   struct events_setup setup = {
     .ov = overlay, .policy = policy, .lower = &lower, .cluster_size = cluster_size,
     .cwd = start_dir, .loaded = loaded_path, .mask = event_mask,
-    .interval = event_interval, .started = started,
+    .interval = event_interval, .started = started_at,
   };
   return events_start (&setup);
 }
 
 /* All clients have gone; the plugin is still open: save. */
 static void
-luacow_cleanup (nbdkit_backend *backend)
+luacow_cleanup (nbdkit_backend *b)
 {
-  (void) backend;
+  (void) b;
   events_exit ();
   if (shared) {
-    shared->finalize (shared);
-    nbdkit_next_context_close (shared);
+    close_plugin (shared);
     shared = NULL;
   }
 }
@@ -444,6 +486,7 @@ static struct nbdkit_filter filter = {
   .config_complete   = luacow_config_complete,
   .config_help       = luacow_config_help,
   .thread_model      = luacow_thread_model,
+  .get_ready         = luacow_get_ready,
   .after_fork        = luacow_after_fork,
   .cleanup           = luacow_cleanup,
   .open              = luacow_open,
