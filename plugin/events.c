@@ -21,6 +21,7 @@ static pthread_rwlock_t gate;
 static bool gated;                    /* only when saves happen while serving */
 static char *last_save_path;
 static double last_save_time;
+static uint64_t saved_written, saved_zeroed;  /* client bytes the last save holds */
 static pthread_t interval_thread;
 static bool interval_running, interval_stop;
 static pthread_mutex_t interval_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -112,12 +113,13 @@ static void
 fill_ctx (struct policy_ctx *c, const char *event)
 {
   struct ov_stats st;
-  uint32_t bs = overlay_block_size (env.ov);
   overlay_stats (env.ov, &st);
   *c = (struct policy_ctx) {
     .event = event, .size = overlay_size (env.ov), .cluster_size = env.cluster_size,
-    .dirty_bytes = st.data_blocks * bs, .zero_bytes = st.zero_blocks * bs,
-    .written_bytes = st.written_bytes, .started = env.started, .now = epoch_now (),
+    .dirty_bytes = st.written_bytes - saved_written,
+    .zero_bytes = st.zeroed_bytes - saved_zeroed,
+    .written_bytes = st.written_bytes + st.zeroed_bytes,
+    .started = env.started, .now = epoch_now (),
     .loaded = env.loaded, .last_save_path = last_save_path,
     .last_save_time = last_save_time,
   };
@@ -170,12 +172,16 @@ save_with (const char *event, const struct policy_plan *plan, struct save_result
     .backing_embed = plan->backing_embed,
   };
   bool exiting = strcmp (event, "exit") == 0;
+  struct ov_stats st;
   if (gated && !exiting)
     pthread_rwlock_wrlock (&gate);
+  overlay_stats (env.ov, &st);          /* what this image will hold */
   int r = save_overlay (env.ov, env.lower, &req, res, err);
   if (gated && !exiting)
     pthread_rwlock_unlock (&gate);
   if (r == 0) {
+    saved_written = st.written_bytes;
+    saved_zeroed = st.zeroed_bytes;
     log_saved (event, plan, res);
     free (last_save_path);
     last_save_path = strdup (plan->path);
@@ -193,7 +199,7 @@ rescue (const char *why)
   if (st.data_blocks + st.zero_blocks == 0)
     return;
   const char *tmpdir = getenv ("TMPDIR");
-  const char *dirs[] = { env.cwd, tmpdir && *tmpdir ? tmpdir : "/tmp" };
+  const char *dirs[] = { env.cwd, tmpdir && *tmpdir ? tmpdir : "/var/tmp" };
   for (size_t i = 0; i < 2; ++i) {
     struct policy_plan plan = { 0 };
     struct save_result res;

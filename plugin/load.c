@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@ struct loader {
   unsigned npending;
   struct { uint64_t index; struct qcow2_cluster c; } sub[MAX_SUB];
   struct load_result *res;
+  uint64_t file_bytes;        /* for progress lines */
   char *err;
   double start, last_report;
 };
@@ -186,8 +188,10 @@ on_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
   }
   double t = now_seconds ();
   if (r == 0 && t - l->start > 2 && t - l->last_report >= 2) {
-    nbdkit_debug ("luacow: reloading: %" PRIu64 " clusters, %.0f MiB/s",
+    nbdkit_debug ("luacow: reloading: %" PRIu64 " clusters, %" PRIu64 "/%" PRIu64
+                  " MiB of the file, %.0f MiB/s",
                   l->res->data_clusters + l->res->zero_clusters,
+                  l->res->bytes >> 20, l->file_bytes >> 20,
                   (double) l->res->bytes / (1 << 20) / (t - l->start));
     l->last_report = t;
   }
@@ -212,6 +216,9 @@ load_overlay (struct overlay *ov, const struct ov_lower *lower, const char *path
     snprintf (err, LOAD_ERRLEN, "cannot open: %s", strerror (errno));
     return -1;
   }
+  struct stat sb;
+  if (fstat (l.fd, &sb) == 0)
+    l.file_bytes = (uint64_t) sb.st_size;
   l.img = qcow2_open (l.fd, &qerr);
   if (!l.img) {
     snprintf (err, LOAD_ERRLEN, "%s", qerr.msg);

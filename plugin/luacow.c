@@ -233,10 +233,11 @@ luacow_get_ready (int thread_model)
       loaded_path = NULL;
       goto out;
     }
-    nbdkit_debug ("luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
-                  " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s",
-                  loaded_path, loaded.data_clusters, loaded.compressed_clusters,
-                  loaded.zero_clusters, loaded.bytes, loaded.seconds);
+    /* One line on stderr, as for the save at exit: nbdkit has not forked. */
+    fprintf (stderr, "nbdkit: luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
+             " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s\n",
+             loaded_path, loaded.data_clusters, loaded.compressed_clusters,
+             loaded.zero_clusters, loaded.bytes, loaded.seconds);
   }
   if (luacow_debug_verbose)
     nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x",

@@ -43,6 +43,7 @@ struct overlay {
   _Atomic uint64_t data_blocks;
   _Atomic uint64_t zero_blocks;
   _Atomic uint64_t written_bytes;
+  _Atomic uint64_t zeroed_bytes;
 };
 
 static const char zero_block[MAX_BLOCK];
@@ -102,6 +103,7 @@ overlay_stats (const struct overlay *ov, struct ov_stats *s)
   s->data_blocks = atomic_load (&((struct overlay *) ov)->data_blocks);
   s->zero_blocks = atomic_load (&((struct overlay *) ov)->zero_blocks);
   s->written_bytes = atomic_load (&((struct overlay *) ov)->written_bytes);
+  s->zeroed_bytes = atomic_load (&((struct overlay *) ov)->zeroed_bytes);
   s->memory_bytes = blockmap_bytes (ov->map) + sizeof *ov;
   s->store_bytes = store_disk_bytes (ov->store);
 }
@@ -348,7 +350,8 @@ apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
        uint64_t count, uint64_t offset, int *err)
 {
   uint64_t pos = offset, end = offset + count;
-  atomic_fetch_add_explicit (&ov->written_bytes, count, memory_order_relaxed);
+  atomic_fetch_add_explicit (src ? &ov->written_bytes : &ov->zeroed_bytes, count,
+                             memory_order_relaxed);
   while (pos < end) {
     uint64_t b = pos >> ov->bits;
     uint64_t in = pos - (b << ov->bits);

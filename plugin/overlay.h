@@ -25,7 +25,8 @@ enum ov_kind { OV_CLEAN, OV_ZERO, OV_DATA };
 struct ov_stats {
   uint64_t data_blocks;     /* blocks holding overlay data */
   uint64_t zero_blocks;     /* blocks that read as zero */
-  uint64_t written_bytes;   /* bytes written, zeroed or trimmed since start */
+  uint64_t written_bytes;   /* bytes clients wrote since start */
+  uint64_t zeroed_bytes;    /* bytes clients zeroed or trimmed since start */
   uint64_t memory_bytes;    /* block map */
   uint64_t store_bytes;     /* real disk space of the store */
 };

@@ -362,12 +362,52 @@ begin_field (struct policy *p, const char *field)
   lua_pushstring (p->L, field);
 }
 
+/* Push a short rendering of the value at idx for the -D luacow.lua=1
+ * trace: tables one level deep ({file="a", embed=true}), not addresses.
+ */
+static void
+push_description (lua_State *L, int idx)
+{
+  idx = lua_absindex (L, idx);
+  if (!lua_istable (L, idx)) {
+    if (lua_type (L, idx) == LUA_TSTRING)
+      lua_pushfstring (L, "\"%s\"", lua_tostring (L, idx));
+    else
+      luaL_tolstring (L, idx, NULL);
+    return;
+  }
+  luaL_Buffer b;
+  luaL_buffinit (L, &b);
+  luaL_addchar (&b, '{');
+  int n = 0;
+  lua_pushnil (L);
+  while (lua_next (L, idx)) {
+    if (n++)
+      luaL_addstring (&b, ", ");
+    if (n > 8) {
+      luaL_addstring (&b, "...");
+      lua_pop (L, 2);
+      break;
+    }
+    if (lua_type (L, -2) == LUA_TSTRING) {
+      luaL_addstring (&b, lua_tostring (L, -2));
+      luaL_addchar (&b, '=');
+    }
+    push_description (L, -1);
+    luaL_addvalue (&b);
+    lua_pop (L, 1);
+  }
+  luaL_addchar (&b, '}');
+  luaL_pushresult (&b);
+}
+
 static int
 evaluate_field (struct policy *p, const char *field, int nargs, char err[POLICY_ERRLEN])
 {
   int r = guarded_call (p, field, 2 + nargs, 1, err);
   if (r == 0 && luacow_debug_lua) {
-    nbdkit_debug ("luacow: lua: %s -> %s", field, luaL_tolstring (p->L, -1, NULL));
+    push_description (p->L, -1);
+    nbdkit_debug ("luacow: lua: %s -> %s", field, lua_tostring (p->L, -1));
     lua_pop (p->L, 1);
   }
   return r;

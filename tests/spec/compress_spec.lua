@@ -1,13 +1,16 @@
--- Spec for lua/examples/compress.lua: zstd above a dirty-bytes threshold.
+-- Spec for lua/examples/compress.lua: zstd above a threshold on the size
+-- of the data a save would write (data_clusters * cluster_size).
 local H = dofile((debug.getinfo(1, "S").source:match("^@(.*)/") or ".") .. "/helper.lua")
 local luacow = require "luacow"
 
 describe("examples/compress.lua", function ()
   local P
   local GiB = 1 << 30
-  local function compress (dirty, params)
-    return luacow.evaluate(P, "compress", { params = params or {}, event = "exit", dirty_bytes = dirty,
-                                            zero_bytes = 0, now = 1700000000 })
+  -- `bytes` of data to save (cluster_size 1, so data_clusters is a byte count).
+  local function compress (bytes, params)
+    return luacow.evaluate(P, "compress", { params = params or {}, event = "exit",
+                                            cluster_size = 1, data_clusters = bytes,
+                                            dirty_bytes = 0, zero_bytes = 0, now = 1700000000 })
   end
 
   before_each(function () P = luacow.policy(H.example("compress")) end)
