@@ -31,11 +31,12 @@ GEN_LUA     = plugin/gen/luacow_lua.h
 UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
 UNIT_BINS   = $(UNIT_SRCS:tests/unit/%.c=tests/unit/bin/%)
 LUA_MODDIR  = $(PREFIX)/share/lua/5.4
-LUA_CMODDIR = $(PREFIX)/lib/x86_64-linux-gnu/lua/5.4
+LUA_CMODDIR = $(PREFIX)/lib/lua/5.4
+LUA_CORE    = plugin/gen/luacow/core.so
 MANDIR      = $(PREFIX)/share/man/man1
 
 .PHONY: all deps check unit demo bench fuzz stress install uninstall clean lint
-all: $(FILTER) $(MANPAGE)
+all: $(FILTER) $(MANPAGE) $(LUA_CORE)
 
 plugin/%.o: plugin/%.c $(wildcard plugin/*.h) $(GEN_LUA)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
@@ -48,6 +49,12 @@ $(GEN_LUA): lua/luacow.lua tools/embed.lua
 
 $(FILTER): plugin/luacow.o $(LIB_OBJS)
 	$(CC) -shared -o $@ $^ $(LDLIBS) $(SAN)
+
+# The library's C part, for policies tested outside nbdkit (the filter has
+# its own copy built in).
+$(LUA_CORE): plugin/luacow_core.c plugin/luacow_core.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -fPIC -shared $(WARN) $(PKG_CFLAGS) $(CFLAGS) -o $@ $<
 
 $(MANPAGE): plugin/nbdkit-luacow-filter.pod
 	pod2man --section=1 --center="nbdkit" --release="luacow" --name=nbdkit-luacow-filter $< > $@
@@ -95,15 +102,19 @@ stress: deps
 	tests/stress/stress.sh $${STRESS_SECONDS:-20}
 
 install: all
-	install -d $(DESTDIR)$(FILTERDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(LUA_MODDIR)
+	install -d $(DESTDIR)$(FILTERDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(LUA_MODDIR) \
+	           $(DESTDIR)$(LUA_CMODDIR)/luacow
 	install -m 0755 $(FILTER) $(DESTDIR)$(FILTERDIR)/
 	install -m 0644 $(MANPAGE) $(DESTDIR)$(MANDIR)/
 	install -m 0644 lua/luacow.lua $(DESTDIR)$(LUA_MODDIR)/
+	install -m 0755 $(LUA_CORE) $(DESTDIR)$(LUA_CMODDIR)/luacow/core.so
 
 uninstall:
 	rm -f $(DESTDIR)$(FILTERDIR)/nbdkit-luacow-filter.so \
 	      $(DESTDIR)$(MANDIR)/nbdkit-luacow-filter.1 \
-	      $(DESTDIR)$(LUA_MODDIR)/luacow.lua
+	      $(DESTDIR)$(LUA_MODDIR)/luacow.lua \
+	      $(DESTDIR)$(LUA_CMODDIR)/luacow/core.so
+	-rmdir $(DESTDIR)$(LUA_CMODDIR)/luacow 2>/dev/null
 
 clean:
 	rm -rf plugin/*.o plugin/gen $(FILTER) $(MANPAGE) tests/unit/bin tests/fuzz/bin
