@@ -166,15 +166,12 @@ grep 'luacow: reloaded' nbdkit.log | sed 's/^/    /' || die "nbdkit did not relo
 say "The client's data is back:"
 run qemu-img compare -f raw -F raw "$URI" seen.raw
 stop_nbdkit
-grep 'nbdkit: luacow: saved' nbdkit.log | sed 's/^/    /' || die "no save was logged at exit"
-say "The overlay still holds the data, so the exit save wrote overlay.qcow2 again"
-echo "(without the backing name: luacow writes what its policy says, so repeat the"
-echo "rebase before handing the file to qemu)."
-qemu-img check overlay.qcow2 >/dev/null || die "the new overlay.qcow2 fails qemu-img check"
-qemu-img rebase -u -b base.img -F raw overlay.qcow2
-qemu-img compare -q overlay.qcow2 seen.raw || die "the new overlay.qcow2 is not what the client saw"
+! grep -q 'nbdkit: luacow: saved' nbdkit.log || die "an unchanged reloaded overlay was saved again"
+say "Nothing was written since the reload, so the exit save was skipped: the"
+echo "file keeps the backing name recorded in step 4 and is still usable as is."
+run qemu-img compare -q overlay.qcow2 seen.raw || die "overlay.qcow2 is not what the client saw"
 [ "$(sha256sum base.img | cut -d' ' -f1)" = "$base_sum" ] || die "base.img changed"
-ok "the new overlay.qcow2 passes qemu-img check and equals what the client saw"
+ok "overlay.qcow2 untouched by the second run; base.img unchanged"
 
 step "done"
 echo "All steps held."
