@@ -18,6 +18,7 @@
  * filesystem journal a size change on every request.
  */
 #define INITIAL_SIZE ((uint64_t) 64 << 30)
+#define STORE_WRITE_MAX (256 * 1024)   /* bytes per pwrite, see store_write */
 
 struct store {
   int fd;
@@ -134,7 +135,11 @@ store_write (struct store *st, const void *buf, uint64_t count, uint64_t offset,
   const char *p = buf;
   off_t off = (off_t) offset;
   while (count > 0) {
-    ssize_t r = pwrite (st->fd, p, count, off);
+    /* At most 256 KiB per call: 1 MiB pwrites into fresh store space
+     * cost about 3x the kernel CPU of the same bytes in 256 KiB calls
+     * (Linux 6.18 ext4, 4 writers; tests/bench/profile.sh write-1m).
+     */
+    ssize_t r = pwrite (st->fd, p, count > STORE_WRITE_MAX ? STORE_WRITE_MAX : count, off);
     if (r == -1) {
       if (errno == EINTR)
         continue;

@@ -48,7 +48,8 @@ check_saved () {
 # check_rebased DIR FILE SEEN EXPMAP: rebase -u onto the base, compare with
 # what the client read; a zeroed cluster reads zero over the non-zero base.
 check_rebased () {
-  local d=$1 f=$2 seen=$3 exp=$4 cs=$5 rb=$d/rebased.qcow2
+  local d=$1 f=$2 seen=$3 exp=$4 cs=$5
+  local rb=$d/rebased.qcow2
   cp "$f" "$rb"
   checkv "${f#"$SCRATCH"/}: rebase -u onto the base" qemu-img rebase -u -b "$d/base.raw" -F raw "$rb"
   checkv "${f#"$SCRATCH"/}: rebased qcow2 is identical to what the client read" \

@@ -2,6 +2,7 @@
  *
  *   stress -s SOCK -o MODEL [-t SECONDS] [-c CONNS] [-r OPS/S] [-S SEED]
  *          [-R REGION] [-P PHASE_MS] [-F FLUSH_ONE_IN] [-m MIDPREFIX -p SAVEPATH]
+ *          [-I INITIAL_MODEL] [-k KILL_AFTER -K NBDKIT_PID]
  *   stress -V -s SOCK -i MODEL
  *
  * Stress mode: CONNS connections (one thread each) do random unaligned
@@ -14,8 +15,10 @@
  * changes only by an acknowledged request of its current owner.  Reads
  * and block status are checked against the model at once.
  *
- * The base is assumed to be nbdkit's pattern plugin (each 8-byte word
- * holds its own offset, big endian).
+ * The export must start out reading as INITIAL_MODEL (a raw image, e.g.
+ * the MODEL of an earlier run whose checkpoint was reloaded), or by
+ * default as nbdkit's pattern plugin (each 8-byte word holds its own
+ * offset, big endian); this is checked before the run.
  *
  * With -m/-p, at the first phase boundary after half of the time, while
  * every connection is idle, one connection flushes (which makes the
@@ -27,7 +30,16 @@
  * read the whole export back and compared it; the model is written to
  * MODEL.
  *
- * Verify mode reads the whole export and compares it with MODEL.
+ * With -k/-K, KILL_AFTER seconds into the run nbdkit gets SIGTERM while
+ * every connection is busy.  Requests that fail after that are expected;
+ * a write, zero or trim in flight then may or may not have happened, byte
+ * by byte: it is written to MODEL.pending (records: offset, length as
+ * native uint64_t, then length bytes of the request's outcome), and MODEL
+ * holds what was acknowledged.  No read-back: nbdkit is gone.
+ *
+ * Verify mode reads the whole export and compares it with MODEL; with
+ * -A PENDING, a byte inside a pending request may also equal the
+ * request's outcome.
  *
  * Output: "# ..." comment lines; exit status 0 when everything matched.
  */
@@ -35,6 +47,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,7 +62,10 @@
 #define MAX_CONNS 64
 #define MAX_OP (256 * 1024)
 
-static const char *sock_path, *model_path, *mid_prefix, *save_path;
+static const char *sock_path, *model_path, *mid_prefix, *save_path, *initial_path;
+static double kill_after;
+static long kill_pid;
+static atomic_bool killed;
 static double seconds = 20, rate = 0;
 static unsigned nconn = 8, phase_ms = 500, flush_one_in = 400;
 static uint64_t region = 9 * 4096 + 2 * 512 + 77;
@@ -69,6 +85,14 @@ enum { OP_WRITE, OP_ZERO, OP_TRIM, OP_READ, OP_BS, OP_FLUSH, OP_NTYPES };
 static const char *op_names[OP_NTYPES] = { "write", "zero", "trim", "read", "block_status", "flush" };
 static atomic_uint_fast64_t op_count[OP_NTYPES];
 static atomic_uint_fast64_t bytes_written, bytes_read;
+
+/* Requests in flight when nbdkit was killed: old or new, byte by byte. */
+struct pending {
+  uint64_t off, len;
+  unsigned char *outcome;
+};
+static struct pending pend[MAX_CONNS];
+static size_t npend;
 
 static double
 now (void)
@@ -132,6 +156,17 @@ connect_one (bool meta)
   return NULL;
 }
 
+/* Whether byte o may read v because of a pending request. */
+static bool
+pending_allows (uint64_t o, unsigned char v)
+{
+  for (size_t i = 0; i < npend; ++i)
+    if (o >= pend[i].off && o - pend[i].off < pend[i].len &&
+        pend[i].outcome[o - pend[i].off] == v)
+      return true;
+  return false;
+}
+
 /* Compare len bytes read at off with the model; report the first few. */
 static uint64_t
 compare (const char *what, const unsigned char *got, uint64_t off, uint64_t len)
@@ -140,11 +175,13 @@ compare (const char *what, const unsigned char *got, uint64_t off, uint64_t len)
     return 0;
   uint64_t bad = 0, first = UINT64_MAX, last = 0;
   for (uint64_t i = 0; i < len; ++i)
-    if (got[i] != model[off + i]) {
+    if (got[i] != model[off + i] && !pending_allows (off + i, got[i])) {
       bad++;
       if (first == UINT64_MAX) first = off + i;
       last = off + i;
     }
+  if (bad == 0)
+    return 0;
   uint64_t n = atomic_fetch_add (&mismatches, bad);
   if (n < 1000)
     printf ("# MISMATCH (%s) in [%" PRIu64 ", +%" PRIu64 "): %" PRIu64
@@ -213,6 +250,41 @@ fail_op (unsigned id, const char *what, uint64_t off, uint64_t len)
   printf ("# conn %u: %s at %" PRIu64 "+%" PRIu64 " failed: %s (errno %d)\n",
           id, what, off, len, nbd_get_error (), nbd_get_errno ());
   atomic_store (&fatal, true);
+}
+
+/* A request failed.  After the kill that is expected: a write, zero or
+ * trim (data NULL: zeroes) becomes pending; true when it was the kill.
+ */
+static bool
+after_kill (unsigned id, uint64_t off, uint64_t len, const unsigned char *data,
+            bool changes)
+{
+  if (!atomic_load (&killed))
+    return false;
+  atomic_store (&fatal, true);  /* stop at the next boundary */
+  if (changes) {
+    struct pending *p = &pend[id];
+    p->off = off;
+    p->len = len;
+    p->outcome = calloc (1, len);
+    if (p->outcome && data)
+      memcpy (p->outcome, data, len);
+  }
+  return true;
+}
+
+static void *
+killer (void *arg)
+{
+  (void) arg;
+  double until = t_start + kill_after;
+  while (now () < until)
+    usleep (10000);
+  atomic_store (&killed, true);
+  printf ("# sending SIGTERM to nbdkit (pid %ld) at %.2f s\n", kill_pid, now () - t_start);
+  if (kill ((pid_t) kill_pid, SIGTERM) == -1)
+    perror ("kill");
+  return NULL;
 }
 
 /* At a phase boundary, on the serial thread, every connection idle. */
@@ -301,7 +373,10 @@ worker (void *arg)
           uint64_t v = rnd (&s);
           memcpy (buf + i, &v, len - i < 8 ? len - i : 8);
         }
-      if (nbd_pwrite (h, buf, len, off, fua) == -1) { fail_op (id, "pwrite", off, len); break; }
+      if (nbd_pwrite (h, buf, len, off, fua) == -1) {
+        if (!after_kill (id, off, len, buf, true)) fail_op (id, "pwrite", off, len);
+        break;
+      }
       memcpy (model + off, buf, len);
       atomic_fetch_add (&bytes_written, len);
       break;
@@ -310,17 +385,26 @@ worker (void *arg)
       uint32_t f = fua;
       if (below (&s, 3) == 0) f |= LIBNBD_CMD_FLAG_NO_HOLE;
       else if (can_fast_zero && below (&s, 3) == 0) f |= LIBNBD_CMD_FLAG_FAST_ZERO;
-      if (nbd_zero (h, len, off, f) == -1) { fail_op (id, "zero", off, len); break; }
+      if (nbd_zero (h, len, off, f) == -1) {
+        if (!after_kill (id, off, len, NULL, true)) fail_op (id, "zero", off, len);
+        break;
+      }
       memset (model + off, 0, len);
       break;
     }
     case OP_TRIM:
       /* The filter documents that a trimmed range reads as zeroes. */
-      if (nbd_trim (h, len, off, fua) == -1) { fail_op (id, "trim", off, len); break; }
+      if (nbd_trim (h, len, off, fua) == -1) {
+        if (!after_kill (id, off, len, NULL, true)) fail_op (id, "trim", off, len);
+        break;
+      }
       memset (model + off, 0, len);
       break;
     case OP_READ:
-      if (nbd_pread (h, rbuf, len, off, 0) == -1) { fail_op (id, "pread", off, len); break; }
+      if (nbd_pread (h, rbuf, len, off, 0) == -1) {
+        if (!after_kill (id, off, len, NULL, false)) fail_op (id, "pread", off, len);
+        break;
+      }
       atomic_fetch_add (&bytes_read, len);
       if (compare ("read", rbuf, off, len))
         atomic_store (&fatal, true);
@@ -330,7 +414,10 @@ worker (void *arg)
       struct bs_check c = { off, off + len, 0 };
       if (nbd_block_status (h, len, off,
                             (nbd_extent_callback) { .callback = extent_cb, .user_data = &c },
-                            0) == -1) { fail_op (id, "block_status", off, len); break; }
+                            0) == -1) {
+        if (!after_kill (id, off, len, NULL, false)) fail_op (id, "block_status", off, len);
+        break;
+      }
       if (c.bad) {
         atomic_fetch_add (&mismatches, c.bad);
         atomic_store (&fatal, true);
@@ -338,7 +425,8 @@ worker (void *arg)
       break;
     }
     case OP_FLUSH:
-      if (nbd_flush (h, 0) == -1) fail_op (id, "flush", 0, 0);
+      if (nbd_flush (h, 0) == -1 && !after_kill (id, 0, 0, NULL, false))
+        fail_op (id, "flush", 0, 0);
       break;
     }
     atomic_fetch_add (&op_count[op], 1);
@@ -369,28 +457,80 @@ compare_all (struct nbd_handle *h, const char *what)
   return bad;
 }
 
+/* model = the contents of path, which must be size bytes long. */
+static int
+load_model (const char *path)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) { perror (path); return -1; }
+  off_t fsz = lseek (fd, 0, SEEK_END);
+  if ((uint64_t) fsz != size) {
+    printf ("# size mismatch: export %" PRIu64 ", model %s %lld\n", size, path, (long long) fsz);
+    close (fd);
+    return -1;
+  }
+  for (uint64_t o = 0; o < size;) {
+    ssize_t r = pread (fd, model + o, size - o, (off_t) o);
+    if (r <= 0) { perror (path); close (fd); return -1; }
+    o += (uint64_t) r;
+  }
+  close (fd);
+  return 0;
+}
+
+/* Pending requests from a kill run (see the top of the file). */
+static int
+load_pending (const char *path)
+{
+  FILE *f = fopen (path, "rb");
+  if (!f) { perror (path); return -1; }
+  uint64_t hdr[2];
+  while (npend < MAX_CONNS && fread (hdr, sizeof hdr, 1, f) == 1) {
+    struct pending *p = &pend[npend];
+    p->off = hdr[0];
+    p->len = hdr[1];
+    if (p->len > size || p->off > size - p->len || !(p->outcome = malloc (p->len ? p->len : 1)) ||
+        fread (p->outcome, 1, p->len, f) != p->len) {
+      printf ("# %s: bad record\n", path);
+      fclose (f);
+      return -1;
+    }
+    npend++;
+  }
+  fclose (f);
+  return 0;
+}
+
+static int
+write_pending (const char *path)
+{
+  FILE *f = fopen (path, "wb");
+  if (!f) { perror (path); return -1; }
+  int n = 0;
+  for (unsigned i = 0; i < nconn; ++i)
+    if (pend[i].outcome) {
+      uint64_t hdr[2] = { pend[i].off, pend[i].len };
+      fwrite (hdr, sizeof hdr, 1, f);
+      fwrite (pend[i].outcome, 1, pend[i].len, f);
+      n++;
+    }
+  printf ("# %d requests were in flight when nbdkit was killed\n", n);
+  return fclose (f) == 0 ? 0 : -1;
+}
+
+static const char *pending_path;
+
 static int
 verify (const char *path)
 {
   struct nbd_handle *h = connect_one (false);
   if (!h) return 1;
   int64_t sz = nbd_get_size (h);
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) { perror (path); return 1; }
-  off_t fsz = lseek (fd, 0, SEEK_END);
-  if (sz < 0 || (uint64_t) fsz != (uint64_t) sz) {
-    printf ("# size mismatch: export %" PRId64 ", model %lld\n", sz, (long long) fsz);
-    return 1;
-  }
+  if (sz <= 0) { printf ("# bad export size\n"); return 1; }
   size = (uint64_t) sz;
   model = malloc (size);
-  if (!model) return 1;
-  for (uint64_t o = 0; o < size;) {
-    ssize_t r = pread (fd, model + o, size - o, (off_t) o);
-    if (r <= 0) { perror (path); return 1; }
-    o += (uint64_t) r;
-  }
-  close (fd);
+  if (!model || load_model (path) == -1) return 1;
+  if (pending_path && load_pending (pending_path) == -1) return 1;
   uint64_t bad = compare_all (h, "verify");
   nbd_shutdown (h, 0);
   nbd_close (h);
@@ -402,8 +542,9 @@ static void
 usage (void)
 {
   fprintf (stderr, "usage: stress -s SOCK -o MODEL [-t S] [-c N] [-r OPS] [-S SEED] "
-           "[-R REGION] [-P MS] [-F N] [-m PREFIX -p SAVEPATH]\n"
-           "       stress -V -s SOCK -i MODEL\n");
+           "[-R REGION] [-P MS] [-F N] [-m PREFIX -p SAVEPATH] [-I MODEL]\n"
+           "       [-k KILL_AFTER -K NBDKIT_PID]\n"
+           "       stress -V -s SOCK -i MODEL [-A PENDING]\n");
   exit (2);
 }
 
@@ -415,7 +556,7 @@ main (int argc, char **argv)
   int c;
   seed = (uint64_t) time (NULL);
   setvbuf (stdout, NULL, _IOLBF, 0);
-  while ((c = getopt (argc, argv, "s:o:t:c:r:S:R:P:F:m:p:Vi:")) != -1)
+  while ((c = getopt (argc, argv, "s:o:t:c:r:S:R:P:F:m:p:Vi:I:k:K:A:")) != -1)
     switch (c) {
     case 's': sock_path = optarg; break;
     case 'o': model_path = optarg; break;
@@ -430,44 +571,62 @@ main (int argc, char **argv)
     case 'p': save_path = optarg; break;
     case 'V': verify_mode = true; break;
     case 'i': in = optarg; break;
+    case 'I': initial_path = optarg; break;
+    case 'k': kill_after = atof (optarg); break;
+    case 'K': kill_pid = atol (optarg); break;
+    case 'A': pending_path = optarg; break;
     default: usage ();
     }
   if (!sock_path) usage ();
   if (verify_mode)
     return in ? verify (in) : (usage (), 2);
-  if (!model_path || nconn < 1 || nconn > MAX_CONNS || region < 1 || phase_ms < 1)
+  if (!model_path || nconn < 1 || nconn > MAX_CONNS || region < 1 || phase_ms < 1 ||
+      (kill_after > 0) != (kill_pid > 0))
     usage ();
 
+  double tc = now ();
   for (unsigned i = 0; i < nconn; ++i)
     if (!(handles[i] = connect_one (true)))
       return 1;
+  tc = now () - tc;
   int64_t sz = nbd_get_size (handles[0]);
   if (sz <= 0) { printf ("# bad export size\n"); return 1; }
   size = (uint64_t) sz;
   nregions = (size + region - 1) / region;
   model = malloc (size);
   if (!model) { perror ("malloc"); return 1; }
-  pattern_fill (model, 0, size);
+  if (initial_path) {
+    if (load_model (initial_path) == -1) return 1;
+  }
+  else
+    pattern_fill (model, 0, size);
 
   printf ("# stress: %u connections, %.1f s, export %" PRIu64 " bytes, %" PRIu64
           " regions of %" PRIu64 ", phase %u ms, seed %" PRIu64 "%s\n",
           nconn, seconds, size, nregions, region, phase_ms, seed,
           rate > 0 ? ", rate-limited" : "");
-  /* The base must be the pattern plugin: check one read before starting. */
+  /* Check the starting point: the pattern plugin, or the reloaded model. */
+  double t = now ();
   if (compare_all (handles[0], "initial") != 0) {
-    printf ("# the export does not read as the pattern plugin before any write\n");
+    printf ("# the export does not read as %s before any write\n",
+            initial_path ? initial_path : "the pattern plugin");
     return 1;
   }
+  printf ("# connecting took %.2f s, the initial read of the export %.2f s\n", tc, now () - t);
 
   pthread_barrier_init (&barrier, NULL, nconn);
   t_start = now ();
   t_end = t_start + seconds;
   phase_deadline = t_start + phase_ms / 1000.0;
-  pthread_t th[MAX_CONNS];
+  pthread_t th[MAX_CONNS], kt;
   for (unsigned i = 0; i < nconn; ++i)
     pthread_create (&th[i], NULL, worker, (void *) (uintptr_t) i);
+  if (kill_pid > 0)
+    pthread_create (&kt, NULL, killer, NULL);
   for (unsigned i = 0; i < nconn; ++i)
     pthread_join (th[i], NULL);
+  if (kill_pid > 0)
+    pthread_join (kt, NULL);
   double el = now () - t_start;
 
   uint64_t total = 0;
@@ -479,16 +638,34 @@ main (int argc, char **argv)
           bytes_written / 1048576.0, bytes_read / 1048576.0, phase);
 
   int rc = 0;
+  if (kill_pid > 0) {
+    /* nbdkit is gone: no read-back; the model and what was in flight. */
+    char p[4096];
+    if (mismatches || !atomic_load (&killed)) {
+      printf ("# FAILED during the run: %" PRIu64 " mismatching bytes%s\n",
+              (uint64_t) mismatches, atomic_load (&killed) ? "" : ", nbdkit not killed");
+      rc = 1;
+    }
+    for (unsigned i = 0; i < nconn; ++i)
+      nbd_close (handles[i]);
+    snprintf (p, sizeof p, "%s.pending", model_path);
+    if (write_file (model_path, model, size) == -1 || write_pending (p) == -1)
+      rc = 1;
+    return rc;
+  }
   if (atomic_load (&fatal) || mismatches) {
     printf ("# FAILED during the run: %" PRIu64 " mismatching bytes\n", (uint64_t) mismatches);
     rc = 1;
   }
+  t = now ();
   if (compare_all (handles[0], "final read-back") != 0) {
     printf ("# FAILED: final read-back differs from the model\n");
     rc = 1;
   }
   else
-    printf ("# final read-back of %" PRIu64 " bytes matches the model\n", size);
+    printf ("# final read-back of %" PRIu64 " bytes matches the model (%.2f s)\n",
+            size, now () - t);
+  t = now ();
   for (unsigned i = 0; i < nconn; ++i) {
     if (nbd_shutdown (handles[i], 0) == -1) {
       printf ("# shutdown %u: %s\n", i, nbd_get_error ());
@@ -496,6 +673,7 @@ main (int argc, char **argv)
     }
     nbd_close (handles[i]);
   }
+  printf ("# disconnecting took %.2f s\n", now () - t);
   if (write_file (model_path, model, size) == -1)
     rc = 1;
   free (model);

@@ -13,6 +13,16 @@
 #   SIGTERM -> the exit save; then each checkpoint is checked with
 #   qemu-img check, reloaded (luacow-load=) into a fresh nbdkit over the
 #   same base and compared byte for byte with its model.
+#   Round 2 (--rounds) starts a filter that reloads round 1's final
+#   checkpoint (data read from the file on demand), stresses it the same
+#   way from round 1's model for half the time, saving compressed
+#   checkpoints (zstd; see --compress), and checks those the same way.
+#   The kill round (SECONDS/2, from the base) sends nbdkit SIGTERM halfway
+#   while every connection has a request in flight: the exit save must
+#   hold every acknowledged request; a request in flight may have
+#   happened wholly, partly or not at all (byte by byte).
+#   The client runs under a timeout and nbdkit gets 120 s to exit, so a
+#   deadlock fails the test instead of hanging it.
 #
 # Options (environment variable in brackets):
 #   --mode plain|valgrind|asan  [STRESS_MODE]  default plain
@@ -23,15 +33,26 @@
 #         -fsanitize=address,undefined and run with the ASan runtime
 #         preloaded into nbdkit (LeakSanitizer on at exit).
 #   --conns N         [STRESS_CONNS]        default 8
-#   --size BYTES      [STRESS_SIZE]         default 16 MiB + 1536 (8 MiB + 1536 under valgrind)
-#   --rate OPS/S      [STRESS_RATE]         total cap, default none (400 under valgrind)
+#   --size BYTES      [STRESS_SIZE]         default 16 MiB + 1536 (4 MiB + 1536 under valgrind)
+#   --rate OPS/S      [STRESS_RATE]         total cap, default none (300 under valgrind)
 #   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 1000
 #   --seed N          [STRESS_SEED]         default: time
+#   --region BYTES    [STRESS_REGION]       unit of ownership, default 37965 (not a
+#                                           multiple of 4 KiB: owners share blocks)
+#   --rounds N        [STRESS_ROUNDS]       default 2: round R > 1 reloads round R-1's
+#                                           final checkpoint (and its model) and runs
+#                                           for SECONDS/2
+#   --compress LIST   [STRESS_COMPRESS]     compression of rounds 2, 3, ... in turn,
+#                                           of zstd, deflate, none; default
+#                                           "zstd,deflate,none" ("none" under valgrind,
+#                                           where compressing is slow)
+#   --no-kill         [STRESS_KILL=0]       skip the kill round (below)
 #   --keep            [STRESS_KEEP=1]       keep the scratch directory
 # Also: LUACOW_FILTER (the filter to test, default plugin/nbdkit-luacow-filter.so;
 # --mode asan builds its own from STRESS_SRC, default this tree),
-# STRESS_TMPDIR (scratch location; default /dev/shm when writable, so that
-# the saves' fsyncs do not dominate, else TMPDIR or /tmp).
+# STRESS_TMPDIR (scratch location; default /dev/shm when it has 1 GiB free
+# and the machine 2 GiB available, so that the saves' fsyncs do not
+# dominate, else TMPDIR or /tmp).
 #
 # The export size is a multiple of 512 but not of 4096, so the last overlay
 # block and the last qcow2 cluster are short.  Prints TAP; exits non-zero
@@ -46,6 +67,10 @@ size=${STRESS_SIZE:-}
 rate=${STRESS_RATE:-}
 flush_one_in=${STRESS_FLUSH_ONE_IN:-1000}
 seed=${STRESS_SEED:-}
+region=${STRESS_REGION:-37965}
+rounds=${STRESS_ROUNDS:-2}
+compress=${STRESS_COMPRESS-}
+kill_round=${STRESS_KILL:-1}
 keep=${STRESS_KEEP:-0}
 secs=
 while [ $# -gt 0 ]; do
@@ -57,6 +82,10 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --flush-one-in) flush_one_in=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --region) region=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --compress) compress=$2; shift 2 ;;
+    --no-kill) kill_round=0; shift ;;
     --keep) keep=1; shift ;;
     -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) secs=$1; shift ;;
@@ -66,7 +95,7 @@ done
 secs=${secs:-20}
 case $mode in
   plain) ;;
-  valgrind) size=${size:-$((8 * 1048576 + 1536))}; rate=${rate:-400} ;;
+  valgrind) size=${size:-$((4 * 1048576 + 1536))}; rate=${rate:-300}; compress=${compress:-none} ;;
   asan) ;;
   *) echo "stress.sh: --mode must be plain, valgrind or asan" >&2; exit 2 ;;
 esac
@@ -82,18 +111,25 @@ comment () { sed 's/^/# /'; }
 
 base=${STRESS_TMPDIR:-}
 if [ -z "$base" ]; then
-  if [ -d /dev/shm ] && [ -w /dev/shm ]; then base=/dev/shm; else base=${TMPDIR:-/tmp}; fi
+  shm_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
+  avail_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo 2>/dev/null)
+  if [ -w /dev/shm ] && [ "${shm_kib:-0}" -ge 1048576 ] && [ "${avail_kib:-0}" -ge 2097152 ]; then
+    base=/dev/shm
+  else
+    base=${TMPDIR:-/tmp}
+  fi
 fi
 dir=$(mktemp -d "$base/luacow-stress.XXXXXX") || { not_ok "mktemp in $base"; finish; }
 pids=()
 cleanup () {
+  local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   if [ "$keep" = 1 ]; then echo "# scratch directory kept: $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 
-echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, seed $seed, scratch $dir"
+echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, region $region, seed $seed, scratch $dir"
 
 # ---------------------------------------------------------------- build
 if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP/tests/stress/stress.c" \
@@ -109,7 +145,7 @@ printf 'int dlclose (void *h);\nint dlclose (void *h) { (void) h; return 0; }\n'
 cc -shared -fPIC -o "$dir/nodlclose.so" "$dir/nodlclose.c" || { not_ok "build the dlclose shim"; finish; }
 
 filter=${LUACOW_FILTER:-$TOP/plugin/nbdkit-luacow-filter.so}
-wrap=()
+wrap=() wrap_light=() nbdkit_opts=()
 case $mode in
   plain|valgrind)
     if [ ! -f "$filter" ]; then not_ok "the filter $filter is built (run make)"; finish; fi
@@ -120,6 +156,9 @@ case $mode in
             --errors-for-leak-kinds=definite,possible --error-exitcode=99 --num-callers=40
             --fair-sched=yes --suppressions="$TOP/tests/stress/valgrind.supp"
             --log-file="$dir/vg-%q{LUACOW_RUN}.%p.log")
+      # Each connection is used synchronously: 2 threads per connection
+      # instead of 16 make connecting under valgrind take 1 s, not 10.
+      nbdkit_opts=(--threads=2)
     fi ;;
   asan)
     asan_rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
@@ -144,17 +183,26 @@ case $mode in
           "LSAN_OPTIONS=log_path=$dir/asan")
     if command -v llvm-symbolizer >/dev/null; then
       wrap+=("ASAN_SYMBOLIZER_PATH=$(command -v llvm-symbolizer)")
-    fi ;;
+    fi
+    # The instrumented filter cannot load without the runtime: the light
+    # variant only skips the (slow) leak check at exit.
+    wrap_light=("${wrap[@]}" "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$dir/asan")
+    # Threads are costly under ASan too, and each connection is used
+    # synchronously.
+    nbdkit_opts=(--threads=2) ;;
 esac
 
 cat >"$dir/policy.lua" <<'EOF'
 -- Save on every event to one path; log each save (and touch last_save,
--- so the saved hook sees the previous checkpoint).
+-- so the saved hook sees the previous checkpoint).  Reload luacow-load=
+-- if given; compress as luacow-compress= says.
 return {
   events = { "flush", "interval" },
   interval = 1,
+  load = function (disk) return disk.params.load end,
   save = function (ctx) return true end,
   name = function (ctx) return ctx.params.save end,
+  compress = function (ctx) return ctx.params.compress or false end,
   saved = function (ctx, r)
     local f = assert(io.open(ctx.params.log, "a"))
     f:write(string.format("%s %d %d %.3f %s\n", ctx.event, r.data_clusters,
@@ -165,12 +213,14 @@ return {
 }
 EOF
 
-# start NAME SOCK ARGS...: nbdkit (wrapped per mode) in the background;
-# sets PID.  Waits for the socket (valgrind starts slowly).
+# start NAME SOCK ARGS...: nbdkit (wrapped per mode; with unwrapped=1,
+# without valgrind or without LeakSanitizer) in the background; sets PID.
+# Waits for the socket (valgrind starts slowly).
 start () {
-  local name=$1 sock=$2; shift 2
+  local name=$1 sock=$2 w=("${wrap[@]}"); shift 2
+  [ "${unwrapped:-0}" = 1 ] && w=("${wrap_light[@]}")
   rm -f "$sock"
-  LUACOW_RUN=$name TMPDIR=$dir "${wrap[@]}" nbdkit -f -U "$sock" --filter="$filter" \
+  LUACOW_RUN=$name TMPDIR=$dir "${w[@]}" nbdkit -f "${nbdkit_opts[@]}" -U "$sock" --filter="$filter" \
     pattern size="$size" "$@" 2>"$dir/nbdkit-$name.log" &
   PID=$!
   pids+=("$PID")
@@ -182,17 +232,38 @@ start () {
   echo "# nbdkit ($name) did not start:"; comment <"$dir/nbdkit-$name.log"
   return 1
 }
-# stop: SIGTERM, wait; sets RC.
+# stop [nosignal]: SIGTERM (unless sent already), wait; sets RC.  An
+# nbdkit still there after 120 s is hung: it gets SIGKILL (RC 137).
 stop () {
-  kill -TERM "$PID" 2>/dev/null
+  [ "${1:-}" = nosignal ] || kill -TERM "$PID" 2>/dev/null
+  local i
+  for ((i = 0; i < 1200; i++)); do
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$PID" 2>/dev/null; then
+    echo "# nbdkit (pid $PID) did not exit within 120 s of SIGTERM: hung, killed"
+    kill -KILL "$PID" 2>/dev/null
+  fi
   wait "$PID"; RC=$?
+  # Reaped: forget it, so that cleanup never signals a reused pid.
+  local keep_pids=() p
+  for p in "${pids[@]}"; do [ "$p" = "$PID" ] || keep_pids+=("$p"); done
+  pids=("${keep_pids[@]}")
+}
+# client ARGS...: the stress client, with a timeout (a deadlocked filter
+# must fail the test, not hang it).
+client () {
+  timeout -k 10 $((${secs%.*} * 4 + 180)) "$dir/stress" "$@"
 }
 # exit_ok NAME: ok if nbdkit exited 0; under a checker, its own exit code
-# (99 valgrind, 98 LeakSanitizer) is judged by the report checks instead.
+# (99 valgrind; LeakSanitizer at exit: 98, or 134 with abort_on_error) is
+# judged by the report checks instead.
 exit_ok () {
   local what="nbdkit ($1) exited cleanly after SIGTERM"
   if [ "$RC" -eq 0 ] || { [ "$mode" = valgrind ] && [ "$RC" -eq 99 ]; } ||
-     { [ "$mode" = asan ] && [ "$RC" -eq 98 ]; }; then
+     { [ "$mode" = asan ] && { [ "$RC" -eq 98 ] || [ "$RC" -eq 134 ]; } &&
+       grep -qs 'ERROR: LeakSanitizer' "$dir/asan.$PID"; }; then
     if [ "$RC" -eq 0 ]; then ok "$what"
     else ok "$what (exit status $RC: see the $mode report checks)"; fi
   else
@@ -200,43 +271,13 @@ exit_ok () {
   fi
 }
 
-# ---------------------------------------------------------------- run
-ckpt=$dir/checkpoint.qcow2
-if ! start stress "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
-       luacow-log="$dir/saves.log"; then
-  not_ok "start nbdkit with the filter"; finish
-fi
-ok "start nbdkit with the filter (pid $PID)"
-"$dir/stress" -s "$dir/sock" -t "$secs" -c "$conns" -r "$rate" -S "$seed" \
-  -F "$flush_one_in" -o "$dir/final.model" -m "$dir/mid" -p "$ckpt" >"$dir/client.log" 2>&1
-crc=$?
-comment_lines=$(grep -E 'ops in|mid-run|final read-back' "$dir/client.log" | sed 's/^# //' | tr '\n' ';')
-if [ "$crc" -eq 0 ]; then
-  ok "$conns connections of random I/O for $secs s, every read and the read-back match the model"
-else
-  not_ok "$conns connections of random I/O for $secs s (client exit status $crc)"
-  grep -v '^# stress:' "$dir/client.log" | head -40 | sed 's/^\([^#]\)/# \1/'
-fi
-grep -E '^# [0-9]+ ops in' "$dir/client.log"
-stop
-exit_ok stress
-nflush=$(grep -c '^flush ' "$dir/saves.log" 2>/dev/null)
-ninterval=$(grep -c '^interval ' "$dir/saves.log" 2>/dev/null)
-nexit=$(grep -c '^exit ' "$dir/saves.log" 2>/dev/null)
-if [ "${nflush:-0}" -ge 1 ] && [ "${ninterval:-0}" -ge 1 ] && [ "${nexit:-0}" -eq 1 ]; then
-  ok "checkpoints were saved on flush ($nflush), interval ($ninterval) and exit ($nexit)"
-else
-  not_ok "checkpoints were saved on flush (${nflush:-0}), interval (${ninterval:-0}) and exit (${nexit:-0})"
-  comment <"$dir/nbdkit-stress.log" | tail -20
-fi
-awk '{ n++; t += $4; if ($4 > m) m = $4 } END { if (n) printf "# %d saves, %.3f s mean, %.3f s max\n", n, t / n, m }' \
-  "$dir/saves.log" 2>/dev/null
-
-# check_ckpt NAME FILE MODEL: qemu-img check, reload, compare.
+# check_ckpt NAME FILE MODEL [PENDING]: qemu-img check, reload (default
+# policy, luacow-load=) over the same base, compare every byte with MODEL
+# (bytes of requests in PENDING may also hold their outcome).
 check_ckpt () {
-  local name=$1 file=$2 model=$3
+  local name=$1 file=$2 model=$3 pending=${4:-}
   if [ ! -f "$file" ] || [ ! -f "$model" ]; then
-    not_ok "$name checkpoint and its model exist"; return
+    not_ok "the $name checkpoint and its model exist"; return
   fi
   if qemu-img check -q -f qcow2 "$file" >"$dir/check-$name.log" 2>&1; then
     ok "qemu-img check of the $name checkpoint"
@@ -246,7 +287,7 @@ check_ckpt () {
   if ! start "reload-$name" "$dir/sock-$name" luacow-load="$file"; then
     not_ok "reload the $name checkpoint"; return
   fi
-  if "$dir/stress" -V -s "$dir/sock-$name" -i "$model" >"$dir/verify-$name.log" 2>&1; then
+  if client -V -s "$dir/sock-$name" -i "$model" ${pending:+-A "$pending"} >"$dir/verify-$name.log" 2>&1; then
     ok "the reloaded $name checkpoint matches its model byte for byte ($size bytes)"
   else
     not_ok "the reloaded $name checkpoint matches its model byte for byte"
@@ -255,8 +296,100 @@ check_ckpt () {
   stop
   exit_ok "reload-$name"
 }
-check_ckpt final "$ckpt" "$dir/final.model"
-check_ckpt mid-run "$dir/mid.qcow2" "$dir/mid.model"
+
+# round R SECONDS [LOAD MODEL COMPRESS]: one stress run, from the base
+# (round 1) or from the previous round's reloaded checkpoint, then its
+# final and mid-run checkpoints checked.
+round () {
+  local r=$1 t=$2 load=${3:-} initial=${4:-} compress=${5:-}
+  local ckpt=$dir/checkpoint$r.qcow2 args=() from="the pattern base"
+  args=(luacow-script="$dir/policy.lua" luacow-save="$ckpt" luacow-log="$dir/saves$r.log")
+  if [ -n "$load" ]; then
+    args+=(luacow-load="$load"); from="reloaded round $((r - 1))"
+  fi
+  [ -n "$compress" ] && args+=(luacow-compress="$compress")
+  local what="round $r (from $from${compress:+, saves compressed with $compress})"
+  if ! start "stress$r" "$dir/sock" "${args[@]}"; then
+    not_ok "$what: start nbdkit with the filter"; return 1
+  fi
+  ok "$what: start nbdkit with the filter (pid $PID)"
+  client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + r))" -R "$region" \
+    -F "$flush_one_in" -o "$dir/final$r.model" -m "$dir/mid$r" -p "$ckpt" \
+    ${initial:+-I "$initial"} >"$dir/client$r.log" 2>&1
+  local crc=$?
+  if [ "$crc" -eq 0 ]; then
+    ok "round $r: $conns connections of random I/O for $t s, every read and the read-back match the model"
+  else
+    not_ok "round $r: $conns connections of random I/O for $t s (client exit status $crc)"
+    grep -v '^# stress:' "$dir/client$r.log" | head -40 | sed 's/^\([^#]\)/# \1/'
+  fi
+  grep -E '^# [0-9]+ ops in' "$dir/client$r.log"
+  stop
+  exit_ok "stress$r"
+  local nflush ninterval nexit
+  nflush=$(grep -c '^flush ' "$dir/saves$r.log" 2>/dev/null)
+  ninterval=$(grep -c '^interval ' "$dir/saves$r.log" 2>/dev/null)
+  nexit=$(grep -c '^exit ' "$dir/saves$r.log" 2>/dev/null)
+  if [ "${nflush:-0}" -ge 1 ] && [ "${ninterval:-0}" -ge 1 ] && [ "${nexit:-0}" -eq 1 ]; then
+    ok "round $r: checkpoints saved on flush ($nflush), interval ($ninterval) and exit ($nexit)"
+  else
+    not_ok "round $r: checkpoints saved on flush (${nflush:-0}), interval (${ninterval:-0}) and exit (${nexit:-0})"
+    comment <"$dir/nbdkit-stress$r.log" | tail -20
+  fi
+  awk '{ n++; t += $4; if ($4 > m) m = $4 } END { if (n) printf "# %d saves, %.3f s mean, %.3f s max\n", n, t / n, m }' \
+    "$dir/saves$r.log" 2>/dev/null
+  check_ckpt "final$r" "$ckpt" "$dir/final$r.model"
+  # Under valgrind or ASan, reloading is checked with the final checkpoint
+  # already: the mid-run one is reloaded without valgrind or without the
+  # leak check at exit, to save time.
+  [ "$mode" != plain ] && unwrapped=1
+  check_ckpt "mid-run$r" "$dir/mid$r.qcow2" "$dir/mid$r.model"
+  unwrapped=0
+}
+
+# kill_round SECONDS: from the base; SIGTERM to nbdkit halfway while all
+# connections are busy.  The exit save must hold every acknowledged
+# request (and each request in flight wholly, partly or not at all).
+kill_round () {
+  local t=$1 ckpt=$dir/checkpoint-kill.qcow2 k
+  k=$(awk -v s="$t" 'BEGIN { print s / 2 }')
+  if ! start stress-kill "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
+         luacow-log="$dir/saves-kill.log"; then
+    not_ok "kill round: start nbdkit with the filter"; return 1
+  fi
+  ok "kill round: start nbdkit with the filter (pid $PID)"
+  client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + 99))" -R "$region" \
+    -F "$flush_one_in" -o "$dir/kill.model" -k "$k" -K "$PID" >"$dir/client-kill.log" 2>&1
+  local crc=$?
+  if [ "$crc" -eq 0 ]; then
+    ok "kill round: SIGTERM after $k s with $conns connections busy; every read before matched"
+  else
+    not_ok "kill round: SIGTERM after $k s with $conns connections busy (client exit status $crc)"
+    grep -v '^# stress:' "$dir/client-kill.log" | head -40 | sed 's/^\([^#]\)/# \1/'
+  fi
+  grep -E '^# ([0-9]+ ops in|[0-9]+ requests were in flight)' "$dir/client-kill.log"
+  stop nosignal
+  exit_ok stress-kill
+  if [ "$(grep -c '^exit ' "$dir/saves-kill.log" 2>/dev/null)" = 1 ]; then
+    ok "kill round: the exit save ran"
+  else
+    not_ok "kill round: the exit save ran"; comment <"$dir/nbdkit-stress-kill.log" | tail -20
+  fi
+  check_ckpt kill "$ckpt" "$dir/kill.model" "$dir/kill.model.pending"
+}
+
+# ---------------------------------------------------------------- run
+IFS=, read -r -a compressions <<<"${compress:-zstd,deflate,none}"
+round 1 "$secs"
+for ((r = 2; r <= rounds; r++)); do
+  t=$(awk -v s="$secs" 'BEGIN { t = s / 2; print t < 1 ? 1 : t }')
+  c=${compressions[$(((r - 2) % ${#compressions[@]}))]}
+  [ "$c" = none ] && c=
+  round "$r" "$t" "$dir/checkpoint$((r - 1)).qcow2" "$dir/final$((r - 1)).model" "$c"
+done
+if [ "$kill_round" = 1 ]; then
+  kill_round "$(awk -v s="$secs" 'BEGIN { t = s / 2; print t < 1 ? 1 : t }')"
+fi
 
 # ---------------------------------------------------------------- reports
 # The filter's frames: its object file, or one of its source files.
@@ -278,31 +411,35 @@ vg_classify () {
       blk = ""; frames = 0
     }
     FNR == 1 { done_block(); skip = 0 }
-    /^==[0-9]+== *$/ { done_block(); next }
+    /^==[0-9]+== *$/ { done_block(); skip = 0; next }
     /^==[0-9]+== (HEAP|LEAK|ERROR) SUMMARY/ { done_block(); skip = 1 }
+    skip { next }
     /^==[0-9]+== +(at|by) 0x/ { frames = 1 }
-    { if (skip) next; line = $0; sub(/^==[0-9]+== /, "", line); blk = blk (blk == "" ? "" : "\n") line }
+    { line = $0; sub(/^==[0-9]+== /, "", line); blk = blk (blk == "" ? "" : "\n") line }
     END { done_block(); printf "%d %d %d %d\n", fe, fl, oe, ol }' "$@"
 }
 
-# asan_classify FILE...: the same for ASan/LSan/UBSan logs (blocks are
-# separated by empty lines; stack frames are "#N 0x...").
+# asan_classify FILE...: the same for ASan/UBSan/LSan logs.  An ASan or
+# UBSan report runs from its "ERROR:"/"runtime error:" line to its
+# "SUMMARY:" line and counts once; a LeakSanitizer report counts one per
+# "Direct/Indirect leak" record (up to the next empty line).
 asan_classify () {
   awk -v re="$filter_re" -v fr="$dir/filter-reports" -v orp="$dir/other-reports" '
-    function done_block(   leak, inf) {
-      if (blk != "" && (frames || blk ~ /runtime error:/)) {
-        leak = blk ~ /(Direct|Indirect) leak of/
-        inf = blk ~ re || blk ~ /runtime error:|ERROR: AddressSanitizer/
-        if (inf) { if (leak) fl++; else fe++; print blk "\n" > fr }
-        else { if (leak) ol++; else oe++; print blk "\n" > orp }
+    function done_block(   inf) {
+      if (blk != "") {
+        inf = blk ~ re
+        if (inf) { if (kind == "leak") fl++; else fe++; print blk "\n" > fr }
+        else { if (kind == "leak") ol++; else oe++; print blk "\n" > orp }
       }
-      blk = ""; frames = 0
+      blk = ""; kind = ""
     }
-    FNR == 1 { done_block() }
-    /^[[:space:]]*$/ { done_block(); next }
-    /^ *#[0-9]+ 0x/ { frames = 1 }
-    /^SUMMARY:|^=+$/ { next }
-    { blk = blk (blk == "" ? "" : "\n") $0 }
+    FNR == 1 { done_block(); inleak = 0 }
+    /ERROR: LeakSanitizer/ { done_block(); inleak = 1; next }
+    /ERROR: AddressSanitizer|runtime error:/ { done_block(); inleak = 0; kind = "error" }
+    inleak && /^(Direct|Indirect) leak of/ { done_block(); kind = "leak" }
+    inleak && /^[[:space:]]*$/ { done_block(); next }
+    /^SUMMARY:/ { if (kind == "error") { blk = blk "\n" $0; done_block() } ; inleak = 0; next }
+    kind != "" { blk = blk (blk == "" ? "" : "\n") $0 }
     END { done_block(); printf "%d %d %d %d\n", fe, fl, oe, ol }' "$@"
 }
 
@@ -319,7 +456,7 @@ report () {  # KIND ferr fleak oerr oleak
   fi
 }
 
-runs=3
+runs=$(ls "$dir"/nbdkit-*.log 2>/dev/null | wc -l)
 case $mode in
   valgrind)
     logs=("$dir"/vg-*.log)

@@ -15,6 +15,9 @@
             p:OFF:LEN:BYTE  write one repeated byte
             z:OFF:LEN       zero        t:OFF:LEN   trim
             f               flush       x:OFF:LEN   expect: read and compare
+            F               a flush that must fail with EIO
+            e               every --exists PATH exists (still connected)
+            s:MS            sleep
       OFF and LEN are Python expressions over size, cs, K, M, G.
 
   save_client.py mapcheck MAP.json EXPMAP.json CS
@@ -28,7 +31,8 @@
   save_client.py readall URI OUT     the whole export into a raw file
   save_client.py flush URI           one flush, exit status is its result
   save_client.py hdr FILE            print qcow2 header fields as JSON
-  save_client.py exportsize FILE     the export size FILE was made for
+  save_client.py exportsize FILE...  the export size FILE was made for
+                                     ("SIZE FILE" lines for several)
 """
 import json
 import os
@@ -40,9 +44,17 @@ CHUNK = 4 * M
 
 
 def connect(uri):
+    """EXPORT_NAME in the environment: ask for that export name (any
+    bytes a client may send) over the URI's Unix socket."""
     import nbd
+    from urllib.parse import parse_qs, urlparse
     h = nbd.NBD()
-    h.connect_uri(uri)
+    name = os.environ.get("EXPORT_NAME")
+    if name is None:
+        h.connect_uri(uri)
+    else:
+        h.set_export_name(name)
+        h.connect_unix(parse_qs(urlparse(uri).query)["socket"][0])
     return h
 
 
@@ -131,6 +143,8 @@ def cmd_ops(argv):
     ap.add_argument("--seen")
     ap.add_argument("--expmap")
     ap.add_argument("--verify", default="all", choices=["all", "touched", "none"])
+    ap.add_argument("--exists", action="append", default=[],
+                    help="files op e checks (while still connected)")
     ap.add_argument("ops", nargs="*")
     a = ap.parse_intermixed_args(argv)
     h = connect(a.uri)
@@ -155,8 +169,29 @@ def cmd_ops(argv):
             m.apply(nums[0], nums[1], None)
         elif kind == "f":
             h.flush()
+        elif kind == "F":
+            import errno
+            import nbd
+            try:
+                h.flush()
+            except nbd.Error as e:
+                if e.errnum != errno.EIO:
+                    print("# flush failed with %s, not EIO" % e)
+                    return 1
+                print("# flush failed as expected: %s" % e)
+            else:
+                print("# flush succeeded, expected EIO")
+                return 1
         elif kind == "x":
             checks.append((nums[0], nums[1]))
+        elif kind == "e":
+            missing = [p for p in a.exists if not os.path.exists(p)]
+            if missing:
+                print("# missing while connected: %s" % " ".join(missing))
+                return 1
+        elif kind == "s":
+            import time
+            time.sleep(nums[0] / 1000)
         else:
             sys.exit("unknown op " + kind)
 
@@ -294,13 +329,19 @@ def cmd_hdr(argv):
 
 
 def cmd_exportsize(argv):
+    for path in argv:
+        export_size(path)
+    return 0
+
+
+def export_size(path):
     """The export size a qcow2 file was made for: luacow's exact-size
     extension when present, else the header's size; 65536 when the
     header is unreadable or the size absurd (the file is then rejected
     for that anyway)."""
     import struct
     try:
-        with open(argv[0], "rb") as f:
+        with open(path, "rb") as f:
             data = f.read(1 << 16)
         magic, version = struct.unpack(">II", data[:8])
         size = struct.unpack(">Q", data[24:32])[0]
@@ -319,8 +360,7 @@ def cmd_exportsize(argv):
         size = 65536
     if not 0 < size < (1 << 62):
         size = 65536
-    print(size)
-    return 0
+    print(size, path) if len(sys.argv) > 3 else print(size)
 
 
 def main():

@@ -15,7 +15,14 @@
 #   qcheck FILE                 qemu-img check: no errors, no leaks.
 #   no_temp DIR                 no luacow temporary file in DIR.
 #   mode_of FILE                octal permission bits.
-#   policy NAME <<'EOF'         writes $SCRATCH/NAME (a Lua policy) from stdin.
+#   grep_log ERE [FILE]         ERE in FILE (default NB_LOG), else show FILE.
+#   startup_fails NAME ARGS...  nbdkit that must stop at startup (SF_RC, SF_SERVED).
+#   failed_at_startup TEXT...   ... and did: non-zero, no client, one error line.
+#   one_error_line FILE TEXT... FILE is one nbdkit error line with every TEXT.
+#   at_exit CMD                 run CMD at exit (before SCRATCH is removed).
+#
+# nbdkit runs with TMPDIR=$SCRATCH/tmp and in $SCRATCH unless NB_CWD says
+# otherwise, so overlay stores and rescue files never land in the tree.
 
 SRC=$TOP/tests/e2e/src
 # nbdkit's overlay store and the rescue files' second choice stay in
@@ -28,7 +35,13 @@ CLIENT=$SRC/save_client.py
 : "${NB_TIMEOUT:=120}"             # one nbdkit --run or client command
 
 # A watchdog, so that a hang becomes a failure instead of a stuck run.
-( sleep "$E2E_TIMEOUT" >/dev/null 2>&1; echo "not ok - watchdog: $0 ran over ${E2E_TIMEOUT}s"; kill -TERM $$ ) 2>/dev/null &
+(
+  trap 'kill "$_sleep" 2>/dev/null; exit 0' TERM
+  sleep "$E2E_TIMEOUT" >/dev/null 2>&1 & _sleep=$!
+  wait "$_sleep"
+  echo "not ok 9999 - watchdog: $0 ran over ${E2E_TIMEOUT}s"
+  kill -TERM $$
+) 2>/dev/null &
 _watchdog=$!
 _save_lib_cleanup () {
   kill "$_watchdog" 2>/dev/null
@@ -104,6 +117,50 @@ run_nb () {
   NB_RC=$?
 }
 
+# startup_fails NAME ARGS...: nbdkit (no --run, see save_reject.sh) that
+# must stop at startup.  A client connects as soon as the socket exists.
+# Sets SF_RC (nbdkit's status, 137 when it had to be killed after 20 s),
+# SF_SERVED (yes/no) and NB_LOG ($SCRATCH/NAME.log, nbdkit's stderr).
+startup_fails () {
+  local name=$1 sock=$SCRATCH/$1.sock pid i; shift
+  NB_LOG=$SCRATCH/$name.log
+  rm -f "$sock"
+  # shellcheck disable=SC2086
+  ( cd "${NB_CWD:-$SCRATCH}" && exec env ${NB_ENV:-} nbdkit -f -U "$sock" --filter="$FILTER" "$@" ) 2>"$NB_LOG" &
+  pid=$!
+  for i in $(seq 1 400); do [ -S "$sock" ] || ! kill -0 $pid 2>/dev/null && break; sleep 0.01; done
+  SF_SERVED=no
+  if [ -S "$sock" ] && timeout 10 nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1; then
+    SF_SERVED=yes
+  fi
+  for i in $(seq 1 1000); do kill -0 $pid 2>/dev/null || break; sleep 0.02; done
+  kill -0 $pid 2>/dev/null && kill -KILL $pid
+  wait $pid; SF_RC=$?
+}
+
+# one_error_line FILE TEXT...: FILE (stderr) is exactly one line, an
+# nbdkit error containing every TEXT (fixed strings).
+one_error_line () {
+  local f=$1 t n; shift
+  n=$(grep -c '' "$f")
+  [ "$n" -eq 1 ] || { echo "stderr has $n lines, not 1:"; cat "$f"; return 1; }
+  grep -q '^nbdkit: error: ' "$f" || { echo "not an nbdkit error line:"; cat "$f"; return 1; }
+  for t in "$@"; do
+    grep -qF -- "$t" "$f" || { echo "no '$t' in:"; cat "$f"; return 1; }
+  done
+}
+
+# failed_at_startup TEXT...: after startup_fails, nbdkit exited non-zero
+# by itself, served nobody and printed one error line with every TEXT.
+failed_at_startup () {
+  local why=""
+  [ "$SF_RC" -ne 0 ] || why+=" exit 0;"
+  [ "$SF_RC" -ne 137 ] || why+=" did not stop;"
+  [ "$SF_SERVED" = no ] || why+=" served a client;"
+  local out; out=$(one_error_line "$NB_LOG" "$@" 2>&1) || why+=" $out"
+  [ -z "$why" ] || { echo "$why"; return 1; }
+}
+
 client () { timeout -s KILL "$NB_TIMEOUT" "$PY" "$CLIENT" "$@"; }
 
 mkbase () {
@@ -138,8 +195,6 @@ no_temp () {
 }
 
 mode_of () { stat -c %a "$1"; }
-
-policy () { cat > "$SCRATCH/$1"; }
 
 # grep_log PATTERN [FILE]: an ERE in the log (NB_LOG by default).
 grep_log () { grep -qE -- "$1" "${2:-$NB_LOG}" || { echo "no line matching /$1/ in ${2:-$NB_LOG}:"; cat "${2:-$NB_LOG}"; return 1; }; }
