@@ -120,7 +120,7 @@ fill_ctx (struct policy_ctx *c, const char *event)
     .zero_bytes = st.zeroed_bytes - saved_zeroed,
     .written_bytes = st.written_bytes + st.zeroed_bytes,
     .started = env.started, .now = epoch_now (),
-    .loaded = env.loaded, .last_save_path = last_save_path,
+    .loaded = env.loaded,
     .last_save_time = last_save_time,
   };
   save_count (env.ov, env.cluster_size, &c->data_clusters, &c->zero_clusters);
@@ -162,11 +162,11 @@ log_saved (const char *event, const struct policy_plan *plan, const struct save_
 
 /* Save per plan; the gate makes it a point-in-time image while serving. */
 static int
-save_with (const char *event, const struct policy_plan *plan, struct save_result *res,
-           char err[SAVE_ERRLEN])
+save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_size,
+           struct save_result *res, char err[SAVE_ERRLEN])
 {
   struct save_request req = {
-    .path = plan->path, .cluster_size = env.cluster_size,
+    .path = plan->path, .cluster_size = cluster_size,
     .compress = compress_of (plan->compress),
     .backing_file = plan->backing_file, .backing_format = plan->backing_format,
     .backing_embed = plan->backing_embed,
@@ -190,7 +190,13 @@ save_with (const char *event, const struct policy_plan *plan, struct save_result
   return r;
 }
 
-/* At exit, when the policy failed: keep the data in a file of our own. */
+/* At exit, when the policy or its save failed: keep the data in a file
+ * of our own.  Clusters of the overlay's block size first: every such
+ * cluster is wholly data, zero or clean, so nothing is read from the
+ * plugin, which may be what failed (or refuses reads while nbdkit shuts
+ * down).  The policy's cluster size is the fallback for exports too large
+ * for small clusters.
+ */
 static void
 rescue (const char *why)
 {
@@ -200,21 +206,27 @@ rescue (const char *why)
     return;
   const char *tmpdir = getenv ("TMPDIR");
   const char *dirs[] = { env.cwd, tmpdir && *tmpdir ? tmpdir : "/var/tmp" };
+  const uint32_t sizes[] = { overlay_block_size (env.ov), env.cluster_size };
   for (size_t i = 0; i < 2; ++i) {
-    struct policy_plan plan = { 0 };
-    struct save_result res;
-    char err[SAVE_ERRLEN];
-    if (asprintf (&plan.path, "%s/luacow-rescue-%ld-%ld.qcow2",
-                  strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
-                  (long) getpid ()) == -1)
-      continue;
-    if (save_with ("exit", &plan, &res, err) == 0) {
-      nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
+    for (size_t k = 0; k < 2; ++k) {
+      if (k == 1 && sizes[1] == sizes[0])
+        break;
+      struct policy_plan plan = { 0 };
+      struct save_result res;
+      char err[SAVE_ERRLEN];
+      if (asprintf (&plan.path, "%s/luacow-rescue-%ld-%ld.qcow2",
+                    strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
+                    (long) getpid ()) == -1)
+        continue;
+      int r = save_with ("exit", &plan, sizes[k], &res, err);
+      if (r == 0)
+        nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
+      else
+        nbdkit_error ("luacow: rescue save to %s failed: %s", plan.path, err);
       free (plan.path);
-      return;
+      if (r == 0)
+        return;
     }
-    nbdkit_error ("luacow: rescue save to %s failed: %s", plan.path, err);
-    free (plan.path);
   }
   nbdkit_error ("luacow: %s; no rescue file could be written: the overlay is lost", why);
 }
@@ -231,25 +243,22 @@ run (const char *event)
   int r = 0;
 
   pthread_mutex_lock (&save_lock);
+  /* ctx keeps its own copy: a save replaces last_save_path before the
+   * saved hook sees ctx.
+   */
+  char *last = last_save_path ? strdup (last_save_path) : NULL;
   fill_ctx (&ctx, event);
+  ctx.last_save_path = last;
   if (policy_should_save (env.policy, &ctx, &yes, perr) == -1 ||
       (yes && policy_make_plan (env.policy, &ctx, &plan, perr) == -1)) {
-    if (exiting) {
-      snprintf (why, sizeof why, "%s", perr);
-      rescue (why);
-    }
+    if (exiting)
+      rescue (perr);
     else
       nbdkit_error ("luacow: %s event: %s", event, perr);
-    pthread_mutex_unlock (&save_lock);
-    return -1;
+    r = -1;
   }
-  if (yes) {
-    /* ctx.last_save_path points at last_save_path, which a successful
-     * save replaces: keep the old string alive until the saved hook ran.
-     */
-    char *prev_save_path = last_save_path;
-    last_save_path = NULL;
-    if (save_with (event, &plan, &res, serr) == 0) {
+  else if (yes) {
+    if (save_with (event, &plan, env.cluster_size, &res, serr) == 0) {
       struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
                                     res.bytes, res.seconds };
       policy_saved (env.policy, &ctx, &pres);
@@ -262,12 +271,9 @@ run (const char *event)
         nbdkit_error ("luacow: %s event: %s", event, why);
       r = -1;
     }
-    if (last_save_path)           /* saved (or rescued): the old one goes */
-      free (prev_save_path);
-    else
-      last_save_path = prev_save_path;
     policy_plan_clear (&plan);
   }
+  free (last);
   pthread_mutex_unlock (&save_lock);
   return r;
 }
