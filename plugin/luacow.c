@@ -27,8 +27,14 @@ NBDKIT_DLL_PUBLIC int luacow_debug_verbose = 0;
 #define MAX_PARAMS 64
 #define DEFAULT_BUDGET 10.0   /* seconds a policy hook may run */
 
-static char *script;                  /* absolute path, or NULL */
-static bool script_from_luacow_key;   /* luacow-script= was given */
+static char *script;                  /* the policy: absolute path, or NULL */
+static char *first_script;            /* the first script= (see luacow_config) */
+static char *luacow_script;           /* luacow-script=, absolute */
+struct held_param { char *key, *value; };
+static struct held_param held[MAX_PARAMS];
+static size_t nheld;
+static nbdkit_next_config *config_next;
+static nbdkit_backend *config_nxdata;
 static struct policy_param params[MAX_PARAMS];
 static size_t nparams;
 static char *start_dir;
@@ -60,7 +66,14 @@ luacow_unload (void)
     close (loaded.fd);
   free (loaded_path);
   policy_free (policy);
-  free (script);
+  if (script != luacow_script)
+    free (script);
+  free (luacow_script);
+  free (first_script);
+  for (size_t i = 0; i < nheld; ++i) {
+    free (held[i].key);
+    free (held[i].value);
+  }
   for (size_t i = 0; i < nparams; ++i) {
     free ((char *) params[i].name);
     free ((char *) params[i].value);
@@ -77,22 +90,46 @@ absolute (const char *path)
   return policy_resolve (cwd, path);
 }
 
-/* script= names the policy unless luacow-script= did; any later script=
- * belongs to the plugin (lua, python, perl... take script= themselves).
- * luacow-NAME=VALUE reaches the policy as params.NAME.
+/* The first script= is the policy unless luacow-script= names one, before
+ * or after it; every other script= belongs to the plugin (lua, python,
+ * perl... take script= themselves, and nbdkit turns a bare script name
+ * after the plugin into script=).  Until config_complete knows which it
+ * is, the plugin's parameters after that first script= are held back, so
+ * the plugin still sees them in their order.
  */
+
+static int
+hold (const char *key, const char *value)
+{
+  if (nheld == MAX_PARAMS) {
+    nbdkit_error ("luacow: too many plugin parameters after script= (at most %d)", MAX_PARAMS);
+    return -1;
+  }
+  held[nheld].key = strdup (key);
+  held[nheld].value = strdup (value);
+  if (!held[nheld].key || !held[nheld].value)
+    return -1;
+  nheld++;
+  return 0;
+}
+
 static int
 luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                const char *key, const char *value)
 {
-  if (strcmp (key, "luacow-script") == 0 || (strcmp (key, "script") == 0 && !script)) {
-    if (script) {
-      nbdkit_error ("luacow: the policy script was already given as %s", script);
+  if (strcmp (key, "luacow-script") == 0) {
+    if (luacow_script) {
+      nbdkit_error ("luacow: luacow-script= given twice");
       return -1;
     }
-    script = absolute (value);
-    script_from_luacow_key = strcmp (key, "luacow-script") == 0;
-    return script ? 0 : -1;
+    luacow_script = absolute (value);
+    return luacow_script ? 0 : -1;
+  }
+  if (strcmp (key, "script") == 0 && !luacow_script && !first_script) {
+    first_script = strdup (value);
+    config_next = next;
+    config_nxdata = nxdata;
+    return first_script ? 0 : -1;
   }
   if (strncmp (key, "luacow-", 7) == 0 && key[7] != '\0') {
     for (size_t i = 0; i < nparams; ++i)
@@ -111,7 +148,30 @@ luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     nparams++;
     return 0;
   }
+  if (first_script)
+    return hold (key, value);
   return next (nxdata, key, value);
+}
+
+/* Decide whose the first script= was and hand the held parameters on. */
+static int
+settle_script (void)
+{
+  if (!first_script) {
+    script = luacow_script;
+    return 0;
+  }
+  if (luacow_script) {
+    script = luacow_script;
+    if (config_next (config_nxdata, "script", first_script) == -1)
+      return -1;
+  }
+  else if (!(script = absolute (first_script)))
+    return -1;
+  for (size_t i = 0; i < nheld; ++i)
+    if (config_next (config_nxdata, held[i].key, held[i].value) == -1)
+      return -1;
+  return 0;
 }
 
 static double
@@ -132,7 +192,8 @@ static int
 luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdata)
 {
   char err[POLICY_ERRLEN], cwd[PATH_MAX];
-  (void) script_from_luacow_key;
+  if (settle_script () == -1)
+    return -1;
   if (!getcwd (cwd, sizeof cwd) || !(start_dir = strdup (cwd))) {
     nbdkit_error ("luacow: cannot get the current directory: %m");
     return -1;
