@@ -455,13 +455,10 @@ end
 ---------------------------------------------------------------- policy
 
 -- The default rule for `save`, bound to policy P: save at exit when
--- clients wrote, zeroed or trimmed anything in this run (a reloaded
--- overlay left as it was is not rewritten), the overlay is not empty and
--- P has a name for the file.
+-- anything changed and P has a name for the file.
 local function default_save (P)
   return function (ctx)
     return ctx.event == "exit"
-      and (ctx.written_bytes == nil or ctx.written_bytes > 0)
       and (ctx.dirty_bytes or 0) + (ctx.zero_bytes or 0) > 0
       and M.evaluate(P, "name", ctx) ~= nil
   end

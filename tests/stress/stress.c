@@ -3,7 +3,7 @@
  *   stress -s SOCK -o MODEL [-t SECONDS] [-c CONNS] [-r OPS/S] [-S SEED]
  *          [-R REGION] [-P PHASE_MS] [-F FLUSH_ONE_IN] [-m MIDPREFIX -p SAVEPATH]
  *          [-I INITIAL_MODEL] [-k KILL_AFTER -K NBDKIT_PID]
- *   stress -V -s SOCK -i MODEL
+ *   stress -V -s SOCK -i MODEL [-A PENDING]
  *
  * Stress mode: CONNS connections (one thread each) do random unaligned
  * writes, zeroes, trims, reads, block-status queries and flushes for

@@ -47,6 +47,9 @@
 #                                           "zstd,deflate,none" ("none" under valgrind,
 #                                           where compressing is slow)
 #   --no-kill         [STRESS_KILL=0]       skip the kill round (below)
+#   --cluster BYTES   [STRESS_CLUSTER]      qcow2 cluster size of the saves (512 to
+#                                           2M; the overlay block is min(this, 4 KiB)),
+#                                           default 64 KiB
 #   --keep            [STRESS_KEEP=1]       keep the scratch directory
 # Also: LUACOW_FILTER (the filter to test, default plugin/nbdkit-luacow-filter.so;
 # --mode asan builds its own from STRESS_SRC, default this tree),
@@ -71,6 +74,7 @@ region=${STRESS_REGION:-37965}
 rounds=${STRESS_ROUNDS:-2}
 compress=${STRESS_COMPRESS-}
 kill_round=${STRESS_KILL:-1}
+cluster=${STRESS_CLUSTER:-}
 keep=${STRESS_KEEP:-0}
 secs=
 while [ $# -gt 0 ]; do
@@ -86,6 +90,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --compress) compress=$2; shift 2 ;;
     --no-kill) kill_round=0; shift ;;
+    --cluster) cluster=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) secs=$1; shift ;;
@@ -129,7 +134,7 @@ cleanup () {
 }
 trap cleanup EXIT
 
-echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, region $region, seed $seed, scratch $dir"
+echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, region $region, cluster ${cluster:-65536}, seed $seed, scratch $dir"
 
 # ---------------------------------------------------------------- build
 if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP/tests/stress/stress.c" \
@@ -195,10 +200,12 @@ esac
 cat >"$dir/policy.lua" <<'EOF'
 -- Save on every event to one path; log each save (and touch last_save,
 -- so the saved hook sees the previous checkpoint).  Reload luacow-load=
--- if given; compress as luacow-compress= says.
+-- if given; compress as luacow-compress= says; clusters of luacow-cluster=
+-- bytes (default 64 KiB).
 return {
   events = { "flush", "interval" },
   interval = 1,
+  cluster_size = function (disk) return disk.params.cluster or 65536 end,
   load = function (disk) return disk.params.load end,
   save = function (ctx) return true end,
   name = function (ctx) return ctx.params.save end,
@@ -303,7 +310,8 @@ check_ckpt () {
 round () {
   local r=$1 t=$2 load=${3:-} initial=${4:-} compress=${5:-}
   local ckpt=$dir/checkpoint$r.qcow2 args=() from="the pattern base"
-  args=(luacow-script="$dir/policy.lua" luacow-save="$ckpt" luacow-log="$dir/saves$r.log")
+  args=(luacow-script="$dir/policy.lua" luacow-save="$ckpt" luacow-log="$dir/saves$r.log"
+        ${cluster:+luacow-cluster="$cluster"})
   if [ -n "$load" ]; then
     args+=(luacow-load="$load"); from="reloaded round $((r - 1))"
   fi
@@ -353,8 +361,15 @@ round () {
 kill_round () {
   local t=$1 ckpt=$dir/checkpoint-kill.qcow2 k
   k=$(awk -v s="$t" 'BEGIN { print s / 2 }')
-  if ! start stress-kill "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
-         luacow-log="$dir/saves-kill.log"; then
+  # nbdkit itself leaks the connections still open at SIGTERM; LSan cannot
+  # tell that from a filter leak (valgrind can: valgrind.supp), so under
+  # ASan this nbdkit runs without the leak check.
+  [ "$mode" = asan ] && unwrapped=1
+  start stress-kill "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
+    luacow-log="$dir/saves-kill.log" ${cluster:+luacow-cluster="$cluster"}
+  local started=$?
+  unwrapped=0
+  if [ "$started" -ne 0 ]; then
     not_ok "kill round: start nbdkit with the filter"; return 1
   fi
   ok "kill round: start nbdkit with the filter (pid $PID)"
