@@ -87,12 +87,18 @@ struct qcow2_writer {
 
 /* ------------------------------------------------------------ output */
 
+/* At most 256 KiB per pwrite call: on Linux 6.18 ext4, 8 MiB calls into
+ * a new file cost about 3x the kernel CPU of the same bytes in 256 KiB
+ * calls (a 256 MiB exit save: 2.2-2.6 s against 0.6-1.0 s).
+ */
+#define PWRITE_MAX ((size_t) 256 * 1024)
+
 static int pwrite_all (int fd, const void *buf, size_t len, uint64_t off,
                        struct qcow2_err *err)
 {
   const uint8_t *p = buf;
   while (len > 0) {
-    ssize_t r = pwrite (fd, p, len, (off_t) off);
+    ssize_t r = pwrite (fd, p, len > PWRITE_MAX ? PWRITE_MAX : len, (off_t) off);
     if (r < 0) {
       if (errno == EINTR) continue;
       qcow2_seterr (err, "qcow2: write at offset %llu: %s",

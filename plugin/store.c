@@ -18,7 +18,7 @@
  * filesystem journal a size change on every request.
  */
 #define INITIAL_SIZE ((uint64_t) 64 << 30)
-#define STORE_WRITE_MAX (256 * 1024)   /* bytes per pwrite, see store_write */
+#define STORE_WRITE_MAX ((uint64_t) 256 * 1024)   /* bytes per pwrite, see store_write */
 
 struct store {
   int fd;
