@@ -89,7 +89,9 @@ budget_hook (lua_State *L, lua_Debug *ar)
     return;
   lua_sethook (L, budget_hook, LUA_MASKCOUNT, 1);  /* fire again if caught */
   luaL_where (L, 0);          /* level 0 in a hook: the looping function */
-  lua_pushfstring (L, "%s: hook exceeded its time budget (%f s)", p->field, p->budget);
+  char budget[32];
+  snprintf (budget, sizeof budget, "%g", p->budget);
+  lua_pushfstring (L, "%s: hook exceeded its time budget (%s s)", p->field, budget);
   lua_concat (L, 2);
   lua_error (L);
 }

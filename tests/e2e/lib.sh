@@ -41,4 +41,8 @@ run_nbdkit () {
 stop_nbdkit () {
   kill -TERM "$NBDKIT_PID" 2>/dev/null
   wait "$NBDKIT_PID"
+  local rc=$? keep=() p
+  for p in "${_pids[@]}"; do [ "$p" = "$NBDKIT_PID" ] || keep+=("$p"); done
+  _pids=("${keep[@]}")      # reaped: never signal a reused pid at exit
+  return $rc
 }
