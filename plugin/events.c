@@ -11,6 +11,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "events.h"
 #include "save.h"
 
@@ -26,14 +27,6 @@ static pthread_t interval_thread;
 static bool interval_running, interval_stop;
 static pthread_mutex_t interval_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t interval_cond;
-
-static double
-epoch_now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_REALTIME, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
 
 static void *
 interval_main (void *arg)
@@ -119,7 +112,7 @@ fill_ctx (struct policy_ctx *c, const char *event)
     .dirty_bytes = st.written_bytes - saved_written,
     .zero_bytes = st.zeroed_bytes - saved_zeroed,
     .written_bytes = st.written_bytes + st.zeroed_bytes,
-    .started = env.started, .now = epoch_now (),
+    .started = env.started, .now = epoch_seconds (),
     .loaded = env.loaded,
     .last_save_time = last_save_time,
   };
@@ -185,7 +178,7 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
     log_saved (event, plan, res);
     free (last_save_path);
     last_save_path = strdup (plan->path);
-    last_save_time = epoch_now ();
+    last_save_time = epoch_seconds ();
   }
   return r;
 }

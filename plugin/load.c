@@ -12,6 +12,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "load.h"
 #include "qcow2.h"
 
@@ -35,14 +36,6 @@ struct loader {
   char *err;
   double start, last_report;
 };
-
-static double
-now_seconds (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
 
 /* "<what> <n>: <why>", e.g. "cluster 12: cannot record data blocks". */
 static int
@@ -186,7 +179,7 @@ on_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
     l->npending++;
     r = 0;
   }
-  double t = now_seconds ();
+  double t = monotonic_seconds ();
   if (r == 0 && t - l->start > 2 && t - l->last_report >= 2) {
     nbdkit_debug ("luacow: reloading: %" PRIu64 " clusters, %" PRIu64 "/%" PRIu64
                   " MiB of the file, %.0f MiB/s",
@@ -208,7 +201,7 @@ load_overlay (struct overlay *ov, const struct ov_lower *lower, const char *path
   int r = -1;
   memset (res, 0, sizeof *res);
   res->fd = -1;
-  l.start = l.last_report = now_seconds ();
+  l.start = l.last_report = monotonic_seconds ();
   err[0] = '\0';
 
   l.fd = open (path, O_RDONLY | O_CLOEXEC);
@@ -247,7 +240,7 @@ load_overlay (struct overlay *ov, const struct ov_lower *lower, const char *path
     snprintf (err, LOAD_ERRLEN, "%s", qerr.msg);
   if (fr != 0 || finish_block (&l) != 0)
     goto out;
-  res->seconds = now_seconds () - l.start;
+  res->seconds = monotonic_seconds () - l.start;
   res->fd = l.fd;
   r = 0;
  out:

@@ -16,6 +16,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "events.h"
 #include "load.h"
 #include "overlay.h"
@@ -222,14 +223,6 @@ luacow_thread_model (void)
   return NBDKIT_THREAD_MODEL_PARALLEL;
 }
 
-static double
-epoch_now (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_REALTIME, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 /* Open a context of our own into the plugin, managed by hand. */
 static nbdkit_next *
 open_plugin (nbdkit_backend *b)
@@ -265,7 +258,7 @@ luacow_get_ready (int thread_model)
   char err[POLICY_ERRLEN], lerr[LOAD_ERRLEN];
   (void) thread_model;
 
-  started_at = epoch_now ();
+  started_at = epoch_seconds ();
   nbdkit_next *next = open_plugin (backend);
   if (!next)
     return -1;

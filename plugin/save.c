@@ -11,6 +11,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "save.h"
 
 enum cluster_class { CL_NONE, CL_ZERO, CL_DATA };
@@ -97,14 +98,6 @@ save_count (const struct overlay *ov, uint32_t cs, uint64_t *data, uint64_t *zer
   *zero = n.zero;
 }
 
-static double
-now_seconds (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 struct job {
   struct overlay *ov;
   const struct ov_lower *lower;
@@ -139,7 +132,7 @@ save_cluster (void *opaque, uint64_t cluster, enum cluster_class cls)
   if (qcow2_writer_add_data (j->w, cluster, j->buf, &qerr) == -1)
     goto qfail;
   j->done++;
-  double t = now_seconds ();
+  double t = monotonic_seconds ();
   if (t - j->start > 2 && t - j->last_report >= 2) {
     double mib = (double) (j->done * cs) / (1 << 20);
     nbdkit_debug ("luacow: saving %s: %" PRIu64 "/%" PRIu64 " clusters, %.0f MiB/s",
@@ -168,7 +161,7 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
               const struct save_request *req, struct save_result *res,
               char err[SAVE_ERRLEN])
 {
-  double start = now_seconds ();
+  double start = monotonic_seconds ();
   int dirfd = -1, fd = -1, r = -1;
   bool named = false;         /* the temporary file has a name to remove */
   char *dir = NULL, *tmp = NULL;
@@ -261,7 +254,7 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
   res->data_clusters = stats.data_clusters;
   res->zero_clusters = stats.zero_clusters;
   res->bytes = stats.file_bytes;
-  res->seconds = now_seconds () - start;
+  res->seconds = monotonic_seconds () - start;
   r = 0;
  out:
   if (named)
