@@ -9,8 +9,9 @@
 #    of clean areas fail with NBD errors (EIO) while overlay data and
 #    zeroes read fine and whole-block writes work; partial writes needing
 #    the plugin fail cleanly; once the trigger is gone everything reads as
-#    expected; an exit save that cannot read the plugin fails without
-#    leaving anything behind, and never replaces the previous save.
+#    expected; an exit save that cannot read the plugin fails, never
+#    replaces the previous save, and leaves exactly one rescue file that
+#    holds the overlay.
 . "$(dirname "$0")/lib.sh"
 export PATH=/usr/bin:$PATH
 cd "$SCRATCH" || exit 1             # rescue files, if any, land here
@@ -197,24 +198,38 @@ else
 fi
 
 # Exit while the plugin fails: the save needs the plugin for the partly
-# written clusters, so it fails; the previous save must stay as it was and
-# no temporary or half-written file may be left.
+# written 64 KiB clusters, so it fails; the previous save must stay as it
+# was, and the overlay goes to a rescue file in the working directory
+# (4 KiB clusters, which need nothing from the plugin) holding exactly the
+# overlay; nothing else may be left behind.
 if [ -s "$SAVE" ] && run_nbdkit err2.sock "${ERR_ARGS[@]}" luacow-load="$SAVE" luacow-save="$SAVE"; then
   timeout 60 nbdcopy "$URI" "$SCRATCH/got.img"
   check "error: the save reloads (over the error filter) to the same content" cmp "$SCRATCH/got.img" "$EXP"
+  rm -f "$SCRATCH/got.img"
   PREV=$(sha256sum <"$SAVE")
   qemu_io_ok "error: another partial write" "write -P 0x77 $((9 * M + 5)) 10"
+  mirror "$EXP" $((9 * M + 5)) 10 0x77
   before=$(ls -A "$SCRATCH")
   touch "$TRIG"
   stop_nbdkit
   echo "# exit status with a failing plugin: $?"
   rm -f "$TRIG"
-  check "error: a failed exit save is reported in the log" \
-    grep -qiE 'luacow.*(fail|error|lost|rescue)' "$SCRATCH/nbdkit.log"
   grep -iE 'luacow.*(fail|lost|rescue)' "$SCRATCH/nbdkit.log" | tail -3 | sed 's/^/# /'
+  check "error: the failed exit save is reported in the log" \
+    grep -qiE 'luacow: save to .*err.qcow2 failed' "$SCRATCH/nbdkit.log"
   check "error: the previous save is untouched" [ "$(sha256sum <"$SAVE")" = "$PREV" ]
-  after=$(ls -A "$SCRATCH")
-  check "error: no file was left behind" [ "$before" = "$after" ]
+  new=$(comm -13 <(echo "$before") <(ls -A "$SCRATCH"))
+  echo "# new files: ${new:-none}"
+  if [[ $new =~ ^luacow-rescue-[0-9]+-[0-9]+\.qcow2$ ]]; then
+    ok "error: exactly one new file, the rescue file $new"
+    check "error: the log names the rescue file" grep -q "rescue file $SCRATCH/$new" "$SCRATCH/nbdkit.log"
+    qemu-img rebase -u -b "$BASE" -F raw -f qcow2 "$SCRATCH/$new" &&
+      qemu-img convert -f qcow2 -O raw "$SCRATCH/$new" "$SCRATCH/rescued.img"
+    check "error: the rescue file + base is exactly the overlay" cmp "$SCRATCH/rescued.img" "$EXP"
+    rm -f "$SCRATCH/rescued.img"
+  else
+    fail "error: exactly one new file, a rescue file luacow-rescue-*.qcow2 (got: ${new:-none})"
+  fi
 else
   fail "error: second run over the error filter starts"
 fi

@@ -9,7 +9,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
-bin=tests/fuzz/bin
+bin=${FUZZ_BIN:-tests/fuzz/bin}
 mkdir -p "$bin" tests/fuzz/corpus
 work=$(mktemp -d "${TMPDIR:-/tmp}/luacow-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -37,7 +37,13 @@ if [ "$rc" -ne 0 ]; then
   fail "crash after ${execs:-?} execs (artifact in $bin/)"
 fi
 
-# Keep only the new inputs that add coverage over everything we had.
+# Keep only the new inputs that add coverage over everything we had
+# (FUZZ_KEEP=0, as in make check, keeps nothing: the tree stays as it was).
+if [ "${FUZZ_KEEP:-1}" = 0 ]; then
+  echo "ok 1 - fuzz qcow2 decoder: ${execs:-0} execs in ${took:-$secs} s, no crash"
+  echo "1..1"
+  exit 0
+fi
 mkdir -p "$work/merged"
 cp "$work/seeds/"* "$work/merged/" 2>/dev/null
 ls "$work/merged" | sort >"$work/before"
