@@ -75,7 +75,7 @@ checkv "startup: a script that does not exist: one line naming it" \
 echo 'return {}' > "$SCRATCH/twice.lua"
 startup_fails twice null size=1M luacow-script="$SCRATCH/twice.lua" luacow-script="$SCRATCH/twice.lua"
 checkv "startup: luacow-script= given twice: one error line" \
-  failed_at_startup "luacow: the policy script was already given"
+  failed_at_startup "luacow: luacow-script= given twice"
 
 # ---------------------------------------------------------------- run time
 note "--- failing hooks at run time lose no data"

@@ -26,11 +26,11 @@ trap 'for p in "${mode_pids[@]}"; do kill "$p" 2>/dev/null; done; cleanup' EXIT
 for mode in plain valgrind asan; do
   case $mode in
     valgrind)
-      if ! command -v valgrind >/dev/null; then ok "# SKIP [valgrind] valgrind is not installed"; continue; fi ;;
+      if ! command -v valgrind >/dev/null; then fail "[valgrind] valgrind is not installed (make deps)"; continue; fi ;;
     asan)
       rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
       if ! command -v clang >/dev/null || [ ! -f "$rt" ]; then
-        ok "# SKIP [asan] clang or libclang_rt.asan-x86_64.so is not installed"; continue
+        fail "[asan] clang or libclang_rt.asan-x86_64.so is not installed (make deps)"; continue
       fi ;;
   esac
   args=()
