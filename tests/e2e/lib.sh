@@ -13,6 +13,20 @@ fail () { _tap_n=$((_tap_n + 1)); _tap_failed=$((_tap_failed + 1)); echo "not ok
 check () { local d=$1; shift; if "$@"; then ok "$d"; else fail "$d"; fi; }
 done_testing () { echo "1..$_tap_n"; [ "$_tap_failed" -eq 0 ]; }
 
+# pass_fail_to_tap NAME FILE: a helper program's "PASS what" / "FAIL what"
+# lines become TAP, other lines comments; TAP_LINES says how many results.
+pass_fail_to_tap () {
+  local name=$1 file=$2 line
+  TAP_LINES=0
+  while IFS= read -r line; do
+    case $line in
+      "PASS "*) ok "$name: ${line#PASS }"; TAP_LINES=$((TAP_LINES + 1)) ;;
+      "FAIL "*) fail "$name: ${line#FAIL }"; TAP_LINES=$((TAP_LINES + 1)) ;;
+      *) echo "# $line" ;;
+    esac
+  done <"$file"
+}
+
 # A private scratch directory, removed at exit (with any nbdkit we started).
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/luacow-e2e.XXXXXX")
 _pids=()

@@ -40,16 +40,11 @@ expect_map () {
 # nbdsh_tap NAME SCRIPT: run a Python script under nbdsh (handle h), turn
 # its PASS/FAIL lines into TAP.
 nbdsh_tap () {
-  local name=$1 script=$2 out=$SCRATCH/nbdsh.out line n=0
+  local name=$1 script=$2 out=$SCRATCH/nbdsh.out n
   timeout 120 nbdsh --base-allocation -u "$URI" -c "exec(open('$script').read())" >"$out" 2>&1
   local rc=$?
-  while IFS= read -r line; do
-    case $line in
-      "PASS "*) ok "$name: ${line#PASS }"; n=$((n + 1)) ;;
-      "FAIL "*) fail "$name: ${line#FAIL }"; n=$((n + 1)) ;;
-      *) echo "# $line" ;;
-    esac
-  done <"$out"
+  pass_fail_to_tap "$name" "$out"
+  n=$TAP_LINES
   if [ "$rc" -ne 0 ] || [ "$n" -eq 0 ]; then fail "$name: nbdsh script ran (rc $rc, $n results)"; fi
 }
 

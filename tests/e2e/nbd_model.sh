@@ -53,14 +53,9 @@ model_run () {
   timeout 300 "$MODEL" "$SCRATCH/$name.sock" "$base" "$size" "$seed" "$ROUNDS" "$OPS" "$dump" \
     >"$SCRATCH/$name.out" 2>&1
   local rc=$?
-  local line n=0
-  while IFS= read -r line; do
-    case $line in
-      "PASS "*) ok "$name: ${line#PASS }"; n=$((n + 1)) ;;
-      "FAIL "*) fail "$name: ${line#FAIL }"; n=$((n + 1)) ;;
-      *) echo "# $line" ;;
-    esac
-  done <"$SCRATCH/$name.out"
+  local n
+  pass_fail_to_tap "$name" "$SCRATCH/$name.out"
+  n=$TAP_LINES
   if [ "$rc" -eq 0 ] && [ "$n" -gt 0 ]; then ok "$name: model program exits 0"
   else fail "$name: model program exits 0 (rc $rc after $n results; 124 = timeout)"; fi
   stop_nbdkit

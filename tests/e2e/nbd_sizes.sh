@@ -22,17 +22,12 @@ export TMPDIR=$SCRATCH/tmp          # nbdkit's overlay store goes here
 # nbdsh_tap NAME ENV...: run sizes.py under nbdsh against $URI with the
 # given environment; its PASS/FAIL lines become TAP.
 nbdsh_tap () {
-  local name=$1 out=$SCRATCH/nbdsh.out line n=0 rc; shift
+  local name=$1 out=$SCRATCH/nbdsh.out n rc; shift
   env SIZES_SEED="$SEED" "$@" timeout 300 nbdsh -u "$URI" -c "exec(open('$SIZES_PY').read())" \
     >"$out" 2>&1
   rc=$?
-  while IFS= read -r line; do
-    case $line in
-      "PASS "*) ok "$name: ${line#PASS }"; n=$((n + 1)) ;;
-      "FAIL "*) fail "$name: ${line#FAIL }"; n=$((n + 1)) ;;
-      *) echo "# $line" ;;
-    esac
-  done <"$out"
+  pass_fail_to_tap "$name" "$out"
+  n=$TAP_LINES
   if [ "$rc" -ne 0 ] || [ "$n" -eq 0 ]; then fail "$name: nbdsh script ran (rc $rc, $n results)"; fi
 }
 
