@@ -105,7 +105,6 @@ overlay_stats (const struct overlay *ov, struct ov_stats *s)
   s->written_bytes = atomic_load (&((struct overlay *) ov)->written_bytes);
   s->zeroed_bytes = atomic_load (&((struct overlay *) ov)->zeroed_bytes);
   s->memory_bytes = blockmap_bytes (ov->map) + sizeof *ov;
-  s->store_bytes = store_disk_bytes (ov->store);
 }
 
 /* Byte offset of the end of block b, clipped to the export. */

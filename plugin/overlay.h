@@ -28,7 +28,6 @@ struct ov_stats {
   uint64_t written_bytes;   /* bytes clients wrote since start */
   uint64_t zeroed_bytes;    /* bytes clients zeroed or trimmed since start */
   uint64_t memory_bytes;    /* block map */
-  uint64_t store_bytes;     /* real disk space of the store */
 };
 
 struct overlay;

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
@@ -158,13 +157,4 @@ store_release (struct store *st, uint64_t slot, uint64_t n)
   /* Best effort: if punching is unsupported the space is simply kept. */
   (void) fallocate (st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     (off_t) (slot * st->slot_size), (off_t) (n * st->slot_size));
-}
-
-uint64_t
-store_disk_bytes (const struct store *st)
-{
-  struct stat sb;
-  if (fstat (st->fd, &sb) == -1)
-    return 0;
-  return (uint64_t) sb.st_blocks * 512;
 }

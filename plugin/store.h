@@ -28,7 +28,4 @@ int store_write (struct store *st, const void *buf, uint64_t count, uint64_t off
 /* Give the disk space of n slots back; contents become undefined. */
 void store_release (struct store *st, uint64_t slot, uint64_t n);
 
-/* Real disk bytes used (st_blocks * 512). */
-uint64_t store_disk_bytes (const struct store *st);
-
 #endif
