@@ -12,9 +12,9 @@
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 CC         ?= cc
-PKGS        = nbdkit lua5.4 zlib libzstd
+PKGS        = nbdkit lua5.4 zlib libzstd libxxhash
 PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS    = $(shell pkg-config --libs lua5.4 zlib libzstd 2>/dev/null)
+PKG_LIBS    = $(shell pkg-config --libs lua5.4 zlib libzstd libxxhash 2>/dev/null)
 FILTERDIR   = $(shell pkg-config --variable=filterdir nbdkit 2>/dev/null)
 WARN        = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes \
               -Wmissing-prototypes -Wvla -Wformat=2
@@ -59,7 +59,7 @@ $(LUA_CORE): plugin/luacow_core.c plugin/luacow_core.h
 $(MANPAGE): plugin/nbdkit-luacow-filter.pod
 	pod2man --section=1 --center="nbdkit" --release="luacow" --name=nbdkit-luacow-filter $< > $@
 
-tests/unit/bin/%: tests/unit/%.c tests/unit/stubs.c tests/unit/tap.h $(LIB_OBJS)
+tests/unit/bin/%: tests/unit/%.c tests/unit/stubs.c tests/unit/tap.h tests/unit/ovtest.h $(LIB_OBJS)
 	@mkdir -p tests/unit/bin
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< tests/unit/stubs.c $(LIB_OBJS) $(LDLIBS)
 
@@ -68,7 +68,7 @@ unit: $(UNIT_BINS)
 # Installs what building, testing, benchmarking and the demo need.  Quiet
 # and quick when everything is already there.
 DEB_PKGS = nbdkit nbdkit-plugin-dev liblua5.4-dev lua5.4 lua-busted zlib1g-dev \
-           libzstd-dev qemu-utils libnbd-bin libnbd-dev python3-libnbd fio luarocks \
+           libzstd-dev libxxhash-dev qemu-utils libnbd-bin libnbd-dev python3-libnbd fio luarocks \
            pkg-config gcc make clang libclang-rt-14-dev clang-tidy cppcheck valgrind \
            perl e2fsprogs util-linux procps xz-utils nbdkit-plugin-lua coreutils
 deps:

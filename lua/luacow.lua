@@ -10,6 +10,7 @@
 --    field         when               gets         returns
 --    cluster_size  once at startup    disk         power of two 512..2097152, or "64K"
 --    load          once at startup    disk         nil/false, or a path to reload
+--    journal       once at startup    disk         false, or the path of the journal
 --    events        startup            -            list of "flush", "close", "interval"
 --    interval      startup            -            seconds between "interval" events
 --    save          "exit" + events    ctx          boolean: save now?
@@ -18,9 +19,13 @@
 --    compress      when saving        ctx          false, true/"deflate", or "zstd"
 --    saved         after a save       ctx, result  ignored
 --
--- `disk` is `{size, cluster_size, params, cwd, script}`; `ctx` is disk's
--- fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
+-- `disk` is `{size, cluster_size, params, cwd, script, recovered}`; `ctx` is
+-- disk's fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
 -- data_clusters, zero_clusters, started, now, loaded, last_save}`.
+-- `recovered` is nil unless a journal left by a crash was recovered at
+-- startup: then `{journal, blocks, bytes, flushed, seconds}` (flushed: the
+-- time of the last durable flush, seconds since the epoch; 0 if none).
+-- `load` is not consulted after a recovery: the journal names its base.
 --
 -- The filter calls `luacow.policy(t)` once on the script's result and
 -- `luacow.evaluate(P, field, ...)` whenever it needs a field.  Both raise
@@ -39,7 +44,7 @@ local M = {}
 M._VERSION = "luacow scm"
 
 --- The valid policy field names, in documentation order.
-M.FIELDS = { "cluster_size", "load", "events", "interval", "save", "name",
+M.FIELDS = { "cluster_size", "load", "journal", "events", "interval", "save", "name",
              "backing", "compress", "saved" }
 
 --- The events a policy may ask for besides "exit" (which is always on).
@@ -131,6 +136,12 @@ function check.load (v)
   if v == nil or v == false then return nil end
   if type(v) == "string" and v ~= "" then return v end
   fail("load must be nil, false or a path (non-empty string), got " .. show(v))
+end
+
+function check.journal (v)
+  if v == nil or v == false then return false end
+  if type(v) == "string" and v ~= "" then return v end
+  fail("journal must be false or a path (non-empty string), got " .. show(v))
 end
 
 local EVENTS_MUST = 'events must be a list of "flush", "close" and "interval", got '
@@ -471,6 +482,21 @@ local function param (t, key)
   return nil
 end
 
+-- The default rule for `journal`, bound to policy P: `luacow-journal=PATH`
+-- (`off` for none), else the save path P names at startup (a static
+-- `name`, or `luacow-save=` with the default `name`) plus ".journal".
+local function default_journal (P)
+  return function (disk)
+    local j = param(disk, "journal")
+    if j == "off" then return false end
+    if j then return j end
+    local n = P.name
+    if n == M.default.name then n = param(disk, "save") end
+    if type(n) == "string" and n ~= "" then return n .. ".journal" end
+    return false
+  end
+end
+
 --- The default policy, field by field.  A script's missing fields are
 -- taken from here.
 -- @table default
@@ -483,6 +509,8 @@ M.default = {
     if p and M.exists(M.resolve(p, disk.cwd)) then return p end
     return nil
   end,
+  --- `luacow-journal=`, else the static save path plus ".journal".
+  journal = nil, -- set below
   --- Only "exit".
   events = {},
   --- No "interval" events.
@@ -500,6 +528,7 @@ M.default = {
   saved = nil,
 }
 M.default.save = default_save(M.default)
+M.default.journal = default_journal(M.default)
 
 --- Validates a policy script's result and merges it with the defaults.
 --
@@ -542,6 +571,8 @@ function M.policy (t)
     if v == nil then
       if f == "save" then
         P.save = default_save(P)
+      elseif f == "journal" then
+        P.journal = default_journal(P)
       elseif type(M.default[f]) == "table" then
         P[f] = check[f](M.default[f])
       else
@@ -570,6 +601,7 @@ end
 --
 -- * cluster_size: integer (strings such as "64K" accepted)
 -- * load, name: nil or a non-empty string (false gives nil)
+-- * journal: false or a non-empty string (nil gives false)
 -- * events: a new list of unique names among "flush", "close", "interval"
 -- * interval: nil or a number > 0; required when events include "interval"
 --   (then `P.events` is evaluated too)

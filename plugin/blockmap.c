@@ -304,6 +304,48 @@ blockmap_fill (struct blockmap *bm, uint64_t from, uint64_t end,
   return j.oom ? UINT64_MAX : j.changed;
 }
 
+static void *
+clone_subtree (void *p, unsigned level, uint64_t *bytes, bool *oom)
+{
+  if (!p || p == FILLED || *oom)
+    return p == FILLED ? FILLED : NULL;
+  size_t size = level > 0 ? sizeof (struct node) : sizeof (struct leaf);
+  void *c = malloc (size);
+  if (!c) {
+    *oom = true;
+    return NULL;
+  }
+  *bytes += size;
+  if (level == 0) {
+    struct leaf *from = p, *to = c;
+    for (unsigned i = 0; i < FAN; ++i)
+      atomic_init (&to->entry[i], atomic_load_explicit (&from->entry[i], memory_order_acquire));
+    return c;
+  }
+  struct node *from = p, *to = c;
+  for (unsigned i = 0; i < FAN; ++i)
+    atomic_init (&to->child[i], clone_subtree (load_ptr (&from->child[i]), level - 1, bytes, oom));
+  return c;
+}
+
+struct blockmap *
+blockmap_clone (const struct blockmap *bm)
+{
+  struct blockmap *c = blockmap_new (bm->nblocks, bm->fill);
+  if (!c)
+    return NULL;
+  bool oom = false;
+  uint64_t bytes = 0;
+  atomic_store (&c->root, clone_subtree (load_ptr ((_Atomic (void *) *) &bm->root),
+                                         bm->levels, &bytes, &oom));
+  atomic_store (&c->bytes, bytes);
+  if (oom) {
+    blockmap_free (c);
+    return NULL;
+  }
+  return c;
+}
+
 uint64_t
 blockmap_bytes (const struct blockmap *bm)
 {

@@ -42,6 +42,11 @@ typedef void (*blockmap_old_fn) (void *opaque, uint64_t block, uint64_t old);
 uint64_t blockmap_fill (struct blockmap *bm, uint64_t from, uint64_t end,
                         blockmap_old_fn fn, void *opaque);
 
+/* A copy of the whole map (writers must be kept out meanwhile), or NULL
+ * when out of memory.
+ */
+struct blockmap *blockmap_clone (const struct blockmap *bm);
+
 /* Bytes of memory held by the tree. */
 uint64_t blockmap_bytes (const struct blockmap *bm);
 

@@ -18,8 +18,6 @@
 static struct events_setup env;
 static bool started;
 static pthread_mutex_t save_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_rwlock_t gate;
-static bool gated;                    /* only when saves happen while serving */
 static char *last_save_path;
 static double last_save_time;
 static uint64_t saved_written, saved_zeroed;  /* client bytes the last save holds */
@@ -59,13 +57,6 @@ events_start (const struct events_setup *setup)
 {
   env = *setup;
   started = true;
-  gated = (env.mask & (EVENT_FLUSH | EVENT_CLOSE | EVENT_INTERVAL)) != 0;
-  /* Writer-preferring, so a save is not starved by a stream of writes. */
-  pthread_rwlockattr_t attr;
-  pthread_rwlockattr_init (&attr);
-  pthread_rwlockattr_setkind_np (&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init (&gate, &attr);
-  pthread_rwlockattr_destroy (&attr);
   if ((env.mask & EVENT_INTERVAL) && env.interval > 0) {
     pthread_condattr_t ca;
     pthread_condattr_init (&ca);
@@ -86,20 +77,6 @@ int
 events_wanted (unsigned event)
 {
   return (env.mask & event) != 0;
-}
-
-void
-events_write_begin (void)
-{
-  if (gated)
-    pthread_rwlock_rdlock (&gate);
-}
-
-void
-events_write_end (void)
-{
-  if (gated)
-    pthread_rwlock_unlock (&gate);
 }
 
 static void
@@ -153,10 +130,13 @@ log_saved (const char *event, const struct policy_plan *plan, const struct save_
   free (cmd);
 }
 
-/* Save per plan; the gate makes it a point-in-time image while serving. */
+/* Save per plan, from a frozen view: a point-in-time image while writers
+ * carry on.  After the policy's own save at exit the saved file is the
+ * durable state and the journal goes (a rescue file keeps the journal).
+ */
 static int
 save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_size,
-           struct save_result *res, char err[SAVE_ERRLEN])
+           bool rescuing, struct save_result *res, char err[SAVE_ERRLEN])
 {
   struct save_request req = {
     .path = plan->path, .cluster_size = cluster_size,
@@ -164,14 +144,18 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
     .backing_file = plan->backing_file, .backing_format = plan->backing_format,
     .backing_embed = plan->backing_embed,
   };
-  bool exiting = strcmp (event, "exit") == 0;
   struct ov_stats st;
-  if (gated && !exiting)
-    pthread_rwlock_wrlock (&gate);
-  overlay_stats (env.ov, &st);          /* what this image will hold */
-  int r = save_overlay (env.ov, env.lower, &req, res, err);
-  if (gated && !exiting)
-    pthread_rwlock_unlock (&gate);
+  struct overlay *view = overlay_freeze (env.ov);
+  if (!view) {
+    snprintf (err, SAVE_ERRLEN, "out of memory copying the block map");
+    return -1;
+  }
+  overlay_stats (view, &st);            /* what this image will hold */
+  int r = save_overlay (view, env.lower, &req, res, err);
+  overlay_free (view);
+  if (r == 0 && !rescuing && strcmp (event, "exit") == 0 &&
+      overlay_discard_journal (env.ov) == -1)
+    nbdkit_error ("luacow: saved %s, but cannot remove the journal: %m", plan->path);
   if (r == 0) {
     saved_written = st.written_bytes;
     saved_zeroed = st.zeroed_bytes;
@@ -211,7 +195,7 @@ rescue (const char *why)
                     strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
                     (long) getpid ()) == -1)
         continue;
-      int r = save_with ("exit", &plan, sizes[k], &res, err);
+      int r = save_with ("exit", &plan, sizes[k], true, &res, err);
       if (r == 0)
         nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
       else
@@ -251,7 +235,7 @@ run (const char *event)
     r = -1;
   }
   else if (yes) {
-    if (save_with (event, &plan, env.cluster_size, &res, serr) == 0) {
+    if (save_with (event, &plan, env.cluster_size, false, &res, serr) == 0) {
       struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
                                     res.bytes, res.seconds };
       policy_saved (env.policy, &ctx, &pres);
@@ -266,6 +250,12 @@ run (const char *event)
     }
     policy_plan_clear (&plan);
   }
+  /* Nothing changed since the last save or the reload: no file lacks what
+   * the journal holds, so it goes.
+   */
+  if (exiting && r == 0 && !yes && ctx.dirty_bytes + ctx.zero_bytes == 0 &&
+      overlay_discard_journal (env.ov) == -1)
+    nbdkit_error ("luacow: cannot remove the journal: %m");
   free (last);
   pthread_mutex_unlock (&save_lock);
   return r;
@@ -300,5 +290,4 @@ events_exit (void)
   started = false;
   free (last_save_path);
   last_save_path = NULL;
-  pthread_rwlock_destroy (&gate);
 }

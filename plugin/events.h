@@ -2,8 +2,8 @@
  *
  * Decides, through the policy, whether and where to save at "exit" and at
  * the extra events the policy asked for ("flush", "close", "interval"),
- * runs the save as a consistent point-in-time image (writes wait, reads do
- * not), writes a rescue file at exit when the policy fails, and logs.
+ * runs the save from a point-in-time view of the overlay (writers never
+ * wait for a save), writes a rescue file at exit when the policy fails, and logs.
  */
 #ifndef LUACOW_EVENTS_H
 #define LUACOW_EVENTS_H
@@ -30,12 +30,6 @@ int events_start (const struct events_setup *setup);
 
 /* Whether the policy listed this event. */
 int events_wanted (unsigned event);
-
-/* Bracket every write, zero and trim: a save in progress makes them wait.
- * Costs nothing when the policy saves only at exit.
- */
-void events_write_begin (void);
-void events_write_end (void);
 
 /* Run the policy for "flush", "close" or "interval", saving if it says
  * so.  Returns -1 (errno-style *err) when a save was wanted but failed.

@@ -248,7 +248,9 @@ load_overlay (struct overlay *ov, const struct ov_lower *lower, const char *path
     qcow2_close (l.img);
   free (l.cluster_buf);
   free (l.block_buf);
-  if (r == -1)
+  if (r == -1) {
+    overlay_attach_file (ov, -1);   /* the overlay owns it only on success */
     close (l.fd);
+  }
   return r;
 }

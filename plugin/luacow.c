@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ static double started_at;
 static struct overlay *overlay;
 static struct load_result loaded;
 static char *loaded_path;
+static char *journal_path;            /* NULL: nothing survives a crash */
 
 /* The plugin below, as the overlay reads it. */
 static int
@@ -62,10 +64,9 @@ next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 static void
 luacow_unload (void)
 {
-  overlay_free (overlay);
-  if (loaded_path)
-    close (loaded.fd);
+  overlay_free (overlay);       /* also closes the reloaded file */
   free (loaded_path);
+  free (journal_path);
   policy_free (policy);
   if (script != luacow_script)
     free (script);
@@ -251,11 +252,99 @@ close_plugin (nbdkit_next *next)
  * reload what the policy names.  The context used is closed again; the
  * one for saves is opened after the fork.
  */
+/* One line on stderr, as for the save at exit: nbdkit has not forked. */
+static void
+log_recovery (const char *journal, const struct ov_recovery *rec)
+{
+  char when[64] = "no flush";
+  time_t t = (time_t) rec->flushed;
+  struct tm tm;
+  if (rec->flushed > 0 && localtime_r (&t, &tm))
+    strftime (when, sizeof when, "the flush at %Y-%m-%d %H:%M:%S", &tm);
+  fprintf (stderr, "nbdkit: luacow: recovered journal %s: %" PRIu64 " blocks, %" PRIu64
+           " bytes of data, as of %s%s, %.3f s\n", journal, rec->blocks, rec->bytes, when,
+           rec->dropped ? " (an unfinished last commit was dropped)" : "", rec->seconds);
+}
+
+/* Reload what the policy names into a fresh overlay, and make that
+ * starting state durable in the journal.
+ */
+static int
+reload (const struct ov_lower *lower)
+{
+  char lerr[LOAD_ERRLEN];
+  int err;
+  if (load_overlay (overlay, lower, loaded_path, &loaded, lerr) == -1) {
+    nbdkit_error ("luacow: %s: %s", loaded_path, lerr);
+    return -1;
+  }
+  if (overlay_commit (overlay, &err) == -1) {
+    nbdkit_error ("luacow: %s: cannot make the reloaded state durable: %s",
+                  journal_path, strerror (err));
+    return -1;
+  }
+  fprintf (stderr, "nbdkit: luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
+           " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s\n",
+           loaded_path, loaded.data_clusters, loaded.compressed_clusters,
+           loaded.zero_clusters, loaded.bytes, loaded.seconds);
+  return 0;
+}
+
+/* The overlay, with its journal when the policy names one: recovered if
+ * a crash left it, else fresh with what the policy's load names.
+ */
+static int
+build_overlay (uint64_t size, const struct ov_lower *lower)
+{
+  char err[POLICY_ERRLEN], oerr[OV_ERRLEN];
+  struct ov_recovery rec;
+  struct stat st;
+  if (policy_journal (policy, &journal_path, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  bool recovering = journal_path && stat (journal_path, &st) == 0 && st.st_size > 0;
+  if (!recovering && policy_load (policy, &loaded_path, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  const char *tmpdir = getenv ("TMPDIR");
+  struct ov_options o = {
+    .size = size, .block_size = cluster_size < 4096 ? cluster_size : 4096,
+    .tmpdir = tmpdir && *tmpdir ? tmpdir : "/var/tmp",
+    .journal = journal_path, .base = loaded_path,
+  };
+  overlay = overlay_open (&o, &rec, oerr);
+  if (!overlay) {
+    if (journal_path)
+      nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
+    else
+      nbdkit_error ("luacow: %s", oerr);
+    return -1;
+  }
+  if (rec.recovered) {
+    free (loaded_path);
+    loaded_path = rec.base[0] ? strdup (rec.base) : NULL;
+    log_recovery (journal_path, &rec);
+    struct policy_recovered pr = { journal_path, rec.blocks, rec.bytes, rec.flushed,
+                                   rec.seconds };
+    policy_set_recovered (policy, &pr);
+    return 0;
+  }
+  return loaded_path ? reload (lower) : 0;
+}
+
+/* Still before nbdkit forks and before --run starts its command, so a
+ * failure here stops nbdkit with a non-zero status and nothing served:
+ * ask the plugin its size, choose the cluster size, build the overlay,
+ * recover or reload.  The context used is closed again; the one for
+ * saves is opened after the fork.
+ */
 static int
 luacow_get_ready (int thread_model)
 {
   struct ov_lower lower = { next_pread, NULL };
-  char err[POLICY_ERRLEN], lerr[LOAD_ERRLEN];
+  char err[POLICY_ERRLEN];
   (void) thread_model;
 
   started_at = epoch_seconds ();
@@ -271,31 +360,12 @@ luacow_get_ready (int thread_model)
     nbdkit_error ("luacow: %s", err);
     goto out;
   }
-  const char *tmpdir = getenv ("TMPDIR");
-  overlay = overlay_new ((uint64_t) size, cluster_size < 4096 ? cluster_size : 4096,
-                         tmpdir && *tmpdir ? tmpdir : "/var/tmp");
-  if (!overlay)
+  if (build_overlay ((uint64_t) size, &lower) == -1)
     goto out;
-  if (policy_load (policy, &loaded_path, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    goto out;
-  }
-  if (loaded_path) {
-    if (load_overlay (overlay, &lower, loaded_path, &loaded, lerr) == -1) {
-      nbdkit_error ("luacow: %s: %s", loaded_path, lerr);
-      free (loaded_path);
-      loaded_path = NULL;
-      goto out;
-    }
-    /* One line on stderr, as for the save at exit: nbdkit has not forked. */
-    fprintf (stderr, "nbdkit: luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
-             " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s\n",
-             loaded_path, loaded.data_clusters, loaded.compressed_clusters,
-             loaded.zero_clusters, loaded.bytes, loaded.seconds);
-  }
   if (luacow_debug_verbose)
-    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x",
-                  policy_name (policy), size, cluster_size, event_mask);
+    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, journal %s",
+                  policy_name (policy), size, cluster_size, event_mask,
+                  journal_path ? journal_path : "none");
   r = 0;
  out:
   close_plugin (next);
@@ -307,6 +377,11 @@ static int
 luacow_after_fork (nbdkit_backend *b)
 {
   static struct ov_lower lower = { next_pread, NULL };
+  char err[OV_ERRLEN];
+  if (overlay_start (overlay, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
   shared = open_plugin (b);
   if (!shared)
     return -1;
@@ -383,8 +458,8 @@ static int luacow_can_fast_zero (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return 1; }   /* zeroing is metadata only */
 static int luacow_can_extents (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return 1; }
-/* The overlay is volatile until saved, like the cow filter's: FUA and
- * flush have nothing to make durable unless the policy saves on flush.
+/* With a journal, FUA writes are durable when acknowledged; without one
+ * the overlay is volatile until saved, like the cow filter's.
  */
 static int luacow_can_fua (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return NBDKIT_FUA_NATIVE; }
@@ -407,38 +482,41 @@ luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
-  (void) handle; (void) flags;
-  events_write_begin ();
-  int r = overlay_pwrite (overlay, &lower, buf, count, offset, err);
-  events_write_end ();
-  return r;
+  (void) handle;
+  if (overlay_pwrite (overlay, &lower, buf, count, offset, err) == -1)
+    return -1;
+  return flags & NBDKIT_FLAG_FUA ? overlay_flush (overlay, err) : 0;
 }
 
+/* The journal first (every acknowledged write durable), then the
+ * policy's flush event (which may save).
+ */
 static int
 luacow_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
   (void) next; (void) handle; (void) flags;
+  if (overlay_flush (overlay, err) == -1)
+    return -1;
   if (events_wanted (EVENT_FLUSH))
     return events_fire ("flush", err);
   return 0;
 }
 
 static int
-zero_range (nbdkit_next *next, uint32_t count, uint64_t offset, int *err)
+zero_range (nbdkit_next *next, uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
-  events_write_begin ();
-  int r = overlay_zero (overlay, &lower, count, offset, err);
-  events_write_end ();
-  return r;
+  if (overlay_zero (overlay, &lower, count, offset, err) == -1)
+    return -1;
+  return flags & NBDKIT_FLAG_FUA ? overlay_flush (overlay, err) : 0;
 }
 
 static int
 luacow_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
-  (void) handle; (void) flags;
-  return zero_range (next, count, offset, err);
+  (void) handle;
+  return zero_range (next, count, offset, flags, err);
 }
 
 /* Always fast: a zero is a metadata change, whatever the flags. */
@@ -446,8 +524,8 @@ static int
 luacow_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
-  (void) handle; (void) flags;
-  return zero_range (next, count, offset, err);
+  (void) handle;
+  return zero_range (next, count, offset, flags, err);
 }
 
 struct extents_job {

@@ -1,110 +1,106 @@
-/* luacow: the copy-on-write overlay, see overlay.h. */
+/* luacow: the copy-on-write overlay, see overlay.h.
+ *
+ * Design note.
+ *
+ * Block states.  Each block of the export has one 64-bit entry in a
+ * lock-free radix tree (blockmap.c): clean (read the plugin), zero, data
+ * in store slot N, or data at offset N of the reloaded qcow2 file (read in
+ * place).  Blocks are 512 bytes to 4 KiB (the cluster size, capped).
+ *
+ * Slot ownership (slots.h).  Data is never written over in place: every
+ * write takes fresh slots, writes them, and only then publishes them by
+ * exchanging the entries, under the stripe locks of its blocks (stripes of
+ * 64 blocks; a request takes its stripes in ascending order), which also
+ * orders its journal records exactly as the exchanges.  The writer that
+ * replaced an entry retires the old slot into the limbo of the current
+ * epoch.  A retired slot is reused only when (1) no request that could
+ * have looked it up is still running and (2) with a journal, the record
+ * that unreferenced it is durable, and (3) no frozen view (a save) is
+ * alive.  So a reader never sees a slot rewritten under it, a durable
+ * state never references a slot that was reused, and a failed write gives
+ * its untouched slots back.
+ *
+ * Epochs.  A request enters the current epoch (a counter per epoch
+ * parity) and leaves it when done.  A commit advances the epoch and waits
+ * for the requests of the old one to leave.  Records and retirements are
+ * filed under the epoch read while holding the stripe locks, so when
+ * commit(x) has drained x, the records of x are complete and the slots
+ * retired in x are unreachable: commit(x) writes x's records, syncs, and
+ * reclaims x's limbo.  Nothing in a request waits for a commit.
+ *
+ * Flush ordering.  A flush notes the epoch e current when it arrives;
+ * every write acknowledged before it filed its records under an epoch
+ * <= e.  It returns once commit(e) (or a later one) has synced: data was
+ * written before its records, and one fdatasync makes both durable.  A
+ * FUA write is a write followed by such a flush.  Without a journal the
+ * same commits run (every second, in the background) only to reclaim.
+ *
+ * Recovery invariant.  The journal's durable commits name, for every
+ * block they touch, a slot (or zero, or a range of the base file) whose
+ * content is what a write put there: slots named by a durable commit are
+ * never written again until a later durable commit unreferences them.
+ * So after a crash each block holds the data of the last completed flush
+ * or of a later write that reached the disk whole (the last commit is
+ * kept only when every slot it names hashes to what was written).
+ *
+ * Saves.  overlay_freeze copies the block map with writers held off (all
+ * stripes) for the copy only, and pins the slots: the save reads a
+ * point-in-time image while writers carry on into fresh slots.
+ */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdbool.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
+#include <xxhash.h>
 
-#include "blockmap.h"
-#include "overlay.h"
-#include "store.h"
+#include "overlay_impl.h"
 
-/* A block's entry in the block map: the low two bits are the state, the
- * rest says where the data is.  Clean is 0 so untouched blocks cost
- * nothing; zero is the block map's fill value.
+/* Retired slots (or journal records) of one epoch that wake the committer
+ * early, so that rewrites reuse space instead of growing the store.
  */
-enum { E_CLEAN = 0, E_ZERO = 1, TAG_STORE = 2, TAG_FILE = 3 };
+#define NUDGE_EVERY 4096
 
-static inline unsigned tag (uint64_t e) { return e & 3; }
-static inline bool is_data (uint64_t e) { return tag (e) >= TAG_STORE; }
-static inline uint64_t store_entry (uint64_t slot) { return slot << 2 | TAG_STORE; }
-static inline uint64_t slot_of (uint64_t e) { return e >> 2; }
-/* Reloaded qcow2 data offsets are multiples of 512, so the tag fits. */
-static inline uint64_t file_entry (uint64_t off) { return off | TAG_FILE; }
-static inline uint64_t file_offset_of (uint64_t e) { return e & ~(uint64_t) 3; }
+/* ---------------------------------------------------------------- epochs */
 
-#define MAX_BLOCK 4096
-#define LOCK_STRIPES 256
-
-struct overlay {
-  uint64_t size;
-  uint64_t nblocks;
-  uint32_t bs;
-  unsigned bits;
-  struct blockmap *map;
-  struct store *store;
-  int file_fd;                /* reloaded qcow2, or -1 */
-  pthread_mutex_t locks[LOCK_STRIPES];
-  _Atomic uint64_t data_blocks;
-  _Atomic uint64_t zero_blocks;
-  _Atomic uint64_t written_bytes;
-  _Atomic uint64_t zeroed_bytes;
-};
-
-static const char zero_block[MAX_BLOCK];
-
-struct overlay *
-overlay_new (uint64_t size, uint32_t block_size, const char *tmpdir)
+uint64_t
+ov_enter (struct overlay *ov)
 {
-  if (block_size < 512 || block_size > MAX_BLOCK || (block_size & (block_size - 1))) {
-    nbdkit_error ("luacow: block size %u is not a power of two from 512 to %d",
-                  block_size, MAX_BLOCK);
-    return NULL;
+  for (;;) {
+    uint64_t e = atomic_load (&ov->epoch);
+    atomic_fetch_add (&ov->active[e & 1], 1);
+    if (atomic_load (&ov->epoch) == e)
+      return e;
+    atomic_fetch_sub (&ov->active[e & 1], 1);   /* raced an advance: again */
   }
-  struct overlay *ov = calloc (1, sizeof *ov);
-  if (!ov) {
-    nbdkit_error ("luacow: cannot allocate the overlay: %m");
-    return NULL;
-  }
-  ov->size = size;
-  ov->bs = block_size;
-  ov->bits = (unsigned) __builtin_ctz (block_size);
-  ov->nblocks = size / block_size + (size % block_size != 0);
-  ov->file_fd = -1;
-  for (unsigned i = 0; i < LOCK_STRIPES; ++i)
-    pthread_mutex_init (&ov->locks[i], NULL);
-  ov->map = blockmap_new (ov->nblocks, E_ZERO);
-  if (!ov->map) {
-    nbdkit_error ("luacow: cannot allocate the block map: %m");
-    overlay_free (ov);
-    return NULL;
-  }
-  ov->store = store_new (tmpdir, block_size);
-  if (!ov->store) {
-    overlay_free (ov);
-    return NULL;
-  }
-  return ov;
 }
 
 void
-overlay_free (struct overlay *ov)
+ov_exit (struct overlay *ov, uint64_t e)
 {
-  if (!ov)
-    return;
-  blockmap_free (ov->map);
-  store_free (ov->store);
-  for (unsigned i = 0; i < LOCK_STRIPES; ++i)
-    pthread_mutex_destroy (&ov->locks[i]);
-  free (ov);
+  atomic_fetch_sub (&ov->active[e & 1], 1);
 }
+
+/* ---------------------------------------------------------------- basics */
 
 uint64_t overlay_size (const struct overlay *ov) { return ov->size; }
 uint32_t overlay_block_size (const struct overlay *ov) { return ov->bs; }
+bool overlay_has_journal (const struct overlay *ov) { return ov->journal != NULL; }
 
 void
 overlay_stats (const struct overlay *ov, struct ov_stats *s)
 {
-  s->data_blocks = atomic_load (&((struct overlay *) ov)->data_blocks);
-  s->zero_blocks = atomic_load (&((struct overlay *) ov)->zero_blocks);
-  s->written_bytes = atomic_load (&((struct overlay *) ov)->written_bytes);
-  s->zeroed_bytes = atomic_load (&((struct overlay *) ov)->zeroed_bytes);
+  struct overlay *m = (struct overlay *) ov;
+  s->data_blocks = atomic_load (&m->data_blocks);
+  s->zero_blocks = atomic_load (&m->zero_blocks);
+  s->written_bytes = atomic_load (&m->written_bytes);
+  s->zeroed_bytes = atomic_load (&m->zeroed_bytes);
   s->memory_bytes = blockmap_bytes (ov->map) + sizeof *ov;
+  s->store_slots = slots_end ((ov->live ? ov->live : ov)->slots);
 }
 
 /* Byte offset of the end of block b, clipped to the export. */
@@ -115,11 +111,7 @@ block_end (const struct overlay *ov, uint64_t b)
   return e < ov->size ? e : ov->size;
 }
 
-static inline uint64_t
-min64 (uint64_t a, uint64_t b)
-{
-  return a < b ? a : b;
-}
+static inline uint64_t min64 (uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 static int
 pread_file (struct overlay *ov, void *buf, uint64_t count, uint64_t off, int *err)
@@ -140,11 +132,8 @@ pread_file (struct overlay *ov, void *buf, uint64_t count, uint64_t off, int *er
   return 0;
 }
 
-/* The entry of block b changed from old to new: keep the counters exact
- * and give back the store space old held.
- */
-static void
-account (struct overlay *ov, uint64_t old, uint64_t new)
+void
+ov_account (struct overlay *ov, uint64_t old, uint64_t new)
 {
   if (old == new)
     return;
@@ -156,21 +145,23 @@ account (struct overlay *ov, uint64_t old, uint64_t new)
     atomic_fetch_add (&ov->zero_blocks, 1);
   else if (is_data (new))
     atomic_fetch_add (&ov->data_blocks, 1);
-  if (tag (old) == TAG_STORE)
-    store_release (ov->store, slot_of (old), 1);
 }
 
-static int
-set_entry (struct overlay *ov, uint64_t b, uint64_t e, int *err)
+/* ----------------------------------------------------------------- reads */
+
+/* Blocks from b on (before end) whose entries continue e's run. */
+static uint64_t
+run_end_of (const struct overlay *ov, uint64_t b, uint64_t e, uint64_t end)
 {
-  _Atomic uint64_t *cell = blockmap_cell (ov->map, b);
-  if (!cell) {
-    *err = ENOMEM;
-    nbdkit_error ("luacow: out of memory growing the block map");
-    return -1;
-  }
-  account (ov, atomic_exchange_explicit (cell, e, memory_order_acq_rel), e);
-  return 0;
+  uint64_t nb = b + 1;
+  if (tag (e) == TAG_STORE)
+    while ((nb << ov->bits) < end && blockmap_get (ov->map, nb) == store_entry (slot_of (e) + (nb - b)))
+      nb++;
+  else
+    while ((nb << ov->bits) < end &&
+           blockmap_get (ov->map, nb) == file_entry (file_offset_of (e) + ((nb - b) << ov->bits)))
+      nb++;
+  return min64 (end, nb << ov->bits);
 }
 
 int
@@ -179,82 +170,179 @@ overlay_pread (struct overlay *ov, const struct ov_lower *lower,
 {
   char *p = buf;
   uint64_t pos = offset, end = offset + count;
+  bool live = ov->live == NULL;   /* a frozen view's slots are pinned */
 
   /* Each pass serves one run of blocks in the same state with one call. */
   while (pos < end) {
-    uint64_t b = pos >> ov->bits, nb;
+    uint64_t b = pos >> ov->bits, nb, run_end;
+    uint64_t ep = live ? ov_enter (ov) : 0;
     uint64_t e = blockmap_get (ov->map, b);
-    uint64_t run_end;
+    int r = 0;
     switch (tag (e)) {
     case E_CLEAN:
+      if (live) ov_exit (ov, ep);
       nb = blockmap_next_other (ov->map, b + 1, ov->nblocks, E_CLEAN);
       run_end = min64 (end, nb << ov->bits);
-      if (lower->pread (lower->handle, p, (uint32_t) (run_end - pos), pos, err) == -1)
-        return -1;
+      r = lower->pread (lower->handle, p, (uint32_t) (run_end - pos), pos, err);
       break;
     case E_ZERO:
+      if (live) ov_exit (ov, ep);
       nb = blockmap_next_other (ov->map, b + 1, ov->nblocks, E_ZERO);
       run_end = min64 (end, nb << ov->bits);
       memset (p, 0, run_end - pos);
       break;
-    case TAG_STORE:
-      nb = b + 1;
-      while ((nb << ov->bits) < end &&
-             blockmap_get (ov->map, nb) == store_entry (slot_of (e) + (nb - b)))
-        nb++;
-      run_end = min64 (end, nb << ov->bits);
-      if (store_read (ov->store, p, run_end - pos,
-                      (slot_of (e) << ov->bits) + (pos - (b << ov->bits)), err) == -1)
-        return -1;
+    case TAG_STORE:             /* the slot stays ours until we leave */
+      run_end = run_end_of (ov, b, e, end);
+      r = store_read (ov->store, p, run_end - pos,
+                      (slot_of (e) << ov->bits) + (pos - (b << ov->bits)), err);
+      if (live) ov_exit (ov, ep);
       break;
     default: /* TAG_FILE */
-      nb = b + 1;
-      while ((nb << ov->bits) < end &&
-             blockmap_get (ov->map, nb) == file_entry (file_offset_of (e) + ((nb - b) << ov->bits)))
-        nb++;
-      run_end = min64 (end, nb << ov->bits);
-      if (pread_file (ov, p, run_end - pos,
-                      file_offset_of (e) + (pos - (b << ov->bits)), err) == -1)
-        return -1;
+      if (live) ov_exit (ov, ep);
+      run_end = run_end_of (ov, b, e, end);
+      r = pread_file (ov, p, run_end - pos, file_offset_of (e) + (pos - (b << ov->bits)), err);
       break;
     }
+    if (r == -1)
+      return -1;
     p += run_end - pos;
     pos = run_end;
   }
   return 0;
 }
 
+/* ---------------------------------------------------------------- stripes */
+
+struct stripe_set { uint64_t bits[STRIPES / 64]; };
+
+static void
+stripes_of (struct stripe_set *s, uint64_t b, uint64_t b_end)
+{
+  memset (s, 0, sizeof *s);
+  uint64_t g0 = b >> STRIPE_SHIFT, g1 = (b_end - 1) >> STRIPE_SHIFT;
+  if (g1 - g0 + 1 >= STRIPES) {
+    memset (s->bits, 0xff, sizeof s->bits);
+    return;
+  }
+  for (uint64_t g = g0; g <= g1; ++g)
+    s->bits[(g % STRIPES) / 64] |= (uint64_t) 1 << (g % 64);
+}
+
+static void
+stripes_lock (struct overlay *ov, const struct stripe_set *s)
+{
+  for (unsigned i = 0; i < STRIPES; ++i)       /* ascending: no deadlock */
+    if (s->bits[i / 64] >> (i % 64) & 1)
+      pthread_mutex_lock (&ov->stripes[i]);
+}
+
+static void
+stripes_unlock (struct overlay *ov, const struct stripe_set *s)
+{
+  for (unsigned i = 0; i < STRIPES; ++i)
+    if (s->bits[i / 64] >> (i % 64) & 1)
+      pthread_mutex_unlock (&ov->stripes[i]);
+}
+
+/* ---------------------------------------------------------------- writes */
+
+/* File a journal record under epoch parity p (journal only).  0 or -1. */
+static int
+add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *err)
+{
+  if (!ov->journal)
+    return 0;
+  struct jrec *slot = avec_push (&ov->recs[p]);
+  if (!slot) {
+    *err = ENOMEM;
+    nbdkit_error ("luacow: out of memory for journal records");
+    return -1;
+  }
+  *slot = *r;
+  return 0;
+}
+
+/* Publish fresh slots s[0..k) for blocks [b, b+k) while holding their
+ * stripes: the records (hashing the data at src, bytes long), then the
+ * exchanges, so records and entries change in the same order for every
+ * block.
+ */
+static int
+publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
+                const char *src, uint64_t bytes, int *err)
+{
+  _Atomic uint64_t *cells[SLOTS_MAX_TAKE];
+  for (uint64_t i = 0; i < k; ++i)
+    if (!(cells[i] = blockmap_cell (ov->map, b + i))) {
+      *err = ENOMEM;
+      nbdkit_error ("luacow: out of memory growing the block map");
+      return -1;
+    }
+  unsigned p = atomic_load (&ov->epoch) & 1;
+  /* One record per block, so that a commit can drop the ones it replaces. */
+  for (uint64_t i = 0; i < k && ov->journal; ++i) {
+    uint64_t off = i << ov->bits, len = min64 (bytes, (i + 1) << ov->bits) - off;
+    struct jrec rec = { .kind = REC_STORE, .count = 1, .block = b + i,
+                        .value = s[i], .hash = XXH3_64bits (src + off, len) };
+    if (add_record (ov, p, &rec, err) == -1)
+      return -1;
+  }
+  bool nudge = false;
+  for (uint64_t i = 0; i < k; ++i) {
+    uint64_t old = atomic_exchange (cells[i], store_entry (s[i]));
+    ov_account (ov, old, store_entry (s[i]));
+    if (tag (old) == TAG_STORE) {
+      slots_retire (ov->slots, p, slot_of (old), false);
+      nudge |= slots_retired (ov->slots, p) % NUDGE_EVERY == 0;
+    }
+  }
+  if (nudge || (ov->journal && avec_len (&ov->recs[p]) % (16 * NUDGE_EVERY) < k))
+    ov_nudge (ov);
+  return 0;
+}
+
+static int
+publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
+         const char *src, uint64_t bytes, int *err)
+{
+  struct stripe_set set;
+  stripes_of (&set, b, b + k);
+  stripes_lock (ov, &set);
+  int r = publish_locked (ov, b, k, s, src, bytes, err);
+  stripes_unlock (ov, &set);
+  return r;
+}
+
 /* Write whole blocks [b, b_end) from src (the last block of the export
- * may be short).  Blocks already in the store are overwritten in place;
- * the others get fresh consecutive slots, published after the data is
- * written so that a reader never sees a slot before its data.
+ * may be short), up to SLOTS_MAX_TAKE blocks at a time.
  */
 static int
 write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, int *err)
 {
   while (b < b_end) {
-    uint64_t e = blockmap_get (ov->map, b);
-    uint64_t k = 1;
-    if (tag (e) == TAG_STORE) {
-      while (b + k < b_end && blockmap_get (ov->map, b + k) == store_entry (slot_of (e) + k))
-        k++;
-    }
-    else {
-      while (b + k < b_end && tag (blockmap_get (ov->map, b + k)) != TAG_STORE)
-        k++;
-    }
+    uint64_t k = min64 (b_end - b, SLOTS_MAX_TAKE), s[SLOTS_MAX_TAKE];
     uint64_t bytes = block_end (ov, b + k - 1) - (b << ov->bits);
-    if (tag (e) == TAG_STORE) {
-      if (store_write (ov->store, src, bytes, slot_of (e) << ov->bits, err) == -1)
-        return -1;
+    if (slots_take (ov->slots, k, s) == -1) {
+      *err = errno == EFBIG ? ENOSPC : errno;
+      nbdkit_error ("luacow: the overlay store cannot grow: %s", strerror (errno));
+      return -1;
     }
-    else {
-      uint64_t slot = store_alloc (ov->store, k);
-      if (store_write (ov->store, src, bytes, slot << ov->bits, err) == -1)
-        return -1;
+    int r = 0;
+    for (uint64_t i = 0; i < k && r == 0;) {
+      uint64_t n = 1;
+      while (i + n < k && s[i + n] == s[i] + n)
+        n++;
+      uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
+      r = store_write (ov->store, src + off, len, s[i] << ov->bits, err);
+      i += n;
+    }
+    if (r == 0)
+      r = publish (ov, b, k, s, src, bytes, err);
+    if (r == -1) {            /* nobody saw these slots: give them back */
+      unsigned p = atomic_load (&ov->epoch) & 1;
       for (uint64_t i = 0; i < k; ++i)
-        if (set_entry (ov, b + i, store_entry (slot + i), err) == -1)
-          return -1;
+        slots_retire (ov->slots, p, s[i], true);
+      return -1;
     }
     src += bytes;
     b += k;
@@ -262,76 +350,113 @@ write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, i
   return 0;
 }
 
+/* The current content of block b into blk (len bytes); the caller holds
+ * b's stripe, so the entry and its slot cannot change.
+ */
+static int
+read_block_locked (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
+                   char *blk, uint64_t len, int *err)
+{
+  uint64_t e = blockmap_get (ov->map, b);
+  switch (tag (e)) {
+  case E_CLEAN: return lower->pread (lower->handle, blk, (uint32_t) len, b << ov->bits, err);
+  case E_ZERO: memset (blk, 0, len); return 0;
+  case TAG_STORE: return store_read (ov->store, blk, len, slot_of (e) << ov->bits, err);
+  default: return pread_file (ov, blk, len, file_offset_of (e), err);
+  }
+}
+
 /* Write (src) or zero (src NULL) n bytes at offset `in` inside block b,
  * which the request covers only partly: read-modify-write under the
- * block's lock so that neighbouring partial writes never undo each other.
+ * block's stripe so that neighbouring partial writes never undo each
+ * other.  A clean block's data is read from below before locking, so a
+ * slow plugin holds up no one else.
  */
 static int
 write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
                uint64_t in, uint64_t n, const char *src, int *err)
 {
-  pthread_mutex_t *lock = &ov->locks[b % LOCK_STRIPES];
-  int r = 0;
-  pthread_mutex_lock (lock);
-  uint64_t e = blockmap_get (ov->map, b);
-  if (tag (e) == TAG_STORE)     /* already ours: patch in place */
-    r = store_write (ov->store, src ? src : zero_block, n, (slot_of (e) << ov->bits) + in, err);
-  else if (!(src == NULL && e == E_ZERO)) {
-    char blk[MAX_BLOCK];
-    uint64_t start = b << ov->bits, len = block_end (ov, b) - start;
-    r = overlay_pread (ov, lower, blk, (uint32_t) len, start, err);
-    if (r == 0) {
-      if (src)
-        memcpy (blk + in, src, n);
-      else
-        memset (blk + in, 0, n);
-      r = write_blocks (ov, b, b + 1, blk, err);
-    }
+  char blk[MAX_BLOCK], below[MAX_BLOCK];
+  uint64_t start = b << ov->bits, len = block_end (ov, b) - start;
+  bool have_below = false;
+  if (blockmap_get (ov->map, b) == E_CLEAN) {
+    if (lower->pread (lower->handle, below, (uint32_t) len, start, err) == -1)
+      return -1;
+    have_below = true;
   }
-  pthread_mutex_unlock (lock);
+  struct stripe_set set;
+  stripes_of (&set, b, b + 1);
+  uint64_t ep = ov_enter (ov);
+  stripes_lock (ov, &set);
+  uint64_t e = blockmap_get (ov->map, b);
+  int r = 0;
+  if (src == NULL && e == E_ZERO)
+    goto out;                   /* already zero */
+  if (e == E_CLEAN && have_below)
+    memcpy (blk, below, len);
+  else if ((r = read_block_locked (ov, lower, b, blk, len, err)) == -1)
+    goto out;
+  if (src)
+    memcpy (blk + in, src, n);
+  else
+    memset (blk + in, 0, n);
+  uint64_t s;
+  if (slots_take (ov->slots, 1, &s) == -1) {
+    *err = errno == EFBIG ? ENOSPC : errno;
+    nbdkit_error ("luacow: the overlay store cannot grow: %s", strerror (errno));
+    r = -1;
+    goto out;
+  }
+  r = store_write (ov->store, blk, len, s << ov->bits, err);
+  if (r == 0)
+    r = publish_locked (ov, b, 1, &s, blk, len, err);
+  if (r == -1)
+    slots_retire (ov->slots, atomic_load (&ov->epoch) & 1, s, true);
+ out:
+  stripes_unlock (ov, &set);
+  ov_exit (ov, ep);
   return r;
 }
 
-struct release_run {
+struct retire_job {
   struct overlay *ov;
-  uint64_t slot, n;           /* pending run of store slots to give back */
+  unsigned p;
   uint64_t data_gone;
 };
 
 static void
-release_flush (struct release_run *rr)
+retire_old (void *opaque, uint64_t block, uint64_t old)
 {
-  if (rr->n)
-    store_release (rr->ov->store, rr->slot, rr->n);
-  rr->n = 0;
-}
-
-static void
-release_old (void *opaque, uint64_t block, uint64_t old)
-{
-  struct release_run *rr = opaque;
+  struct retire_job *j = opaque;
   (void) block;
   if (is_data (old))
-    rr->data_gone++;
-  if (tag (old) != TAG_STORE)
-    return;
-  if (rr->n && slot_of (old) == rr->slot + rr->n) {
-    rr->n++;
-    return;
-  }
-  release_flush (rr);
-  rr->slot = slot_of (old);
-  rr->n = 1;
+    j->data_gone++;
+  if (tag (old) == TAG_STORE)
+    slots_retire (j->ov->slots, j->p, slot_of (old), true);
 }
 
 /* Whole blocks [b, b_end) become zero: metadata only. */
 static int
 zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err)
 {
-  struct release_run rr = { .ov = ov };
-  uint64_t changed = blockmap_fill (ov->map, b, b_end, release_old, &rr);
-  release_flush (&rr);
-  atomic_fetch_sub (&ov->data_blocks, rr.data_gone);
+  struct stripe_set set;
+  stripes_of (&set, b, b_end);
+  stripes_lock (ov, &set);
+  struct retire_job j = { .ov = ov, .p = atomic_load (&ov->epoch) & 1 };
+  int r = 0;
+  for (uint64_t x = b; x < b_end && r == 0;) {  /* counts are 32-bit on disk */
+    uint64_t n = min64 (b_end - x, UINT32_MAX);
+    struct jrec rec = { .kind = REC_ZERO, .count = (uint32_t) n, .block = x };
+    r = add_record (ov, j.p, &rec, err);
+    x += n;
+  }
+  uint64_t changed = r == 0 ? blockmap_fill (ov->map, b, b_end, retire_old, &j) : 0;
+  stripes_unlock (ov, &set);
+  if (slots_retired (ov->slots, j.p) >= NUDGE_EVERY)
+    ov_nudge (ov);
+  atomic_fetch_sub (&ov->data_blocks, j.data_gone);
+  if (r == -1)
+    return -1;
   if (changed == UINT64_MAX) {
     *err = ENOMEM;
     nbdkit_error ("luacow: out of memory growing the block map");
@@ -367,7 +492,9 @@ apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
     /* Whole blocks from b up to the last block the request covers fully. */
     uint64_t b_end = end >= ov->size ? ov->nblocks : end >> ov->bits;
     uint64_t stop = min64 (end, b_end << ov->bits);
+    uint64_t ep = ov_enter (ov);
     int r = src ? write_blocks (ov, b, b_end, src, err) : zero_blocks (ov, b, b_end, err);
+    ov_exit (ov, ep);
     if (r == -1)
       return -1;
     if (src)
@@ -389,6 +516,32 @@ overlay_zero (struct overlay *ov, const struct ov_lower *lower,
               uint64_t count, uint64_t offset, int *err)
 {
   return apply (ov, lower, NULL, count, offset, err);
+}
+
+int
+overlay_flush (struct overlay *ov, int *err)
+{
+  if (!ov->journal)
+    return 0;
+  uint64_t target = atomic_load (&ov->epoch);
+  if (atomic_load (&ov->committed) > target) {
+    int e = atomic_load (&ov->journal_errno);
+    if (e) {
+      *err = e;
+      return -1;
+    }
+    return 0;                 /* a commit that started after us covered it */
+  }
+  pthread_mutex_lock (&ov->commit_lock);
+  int r = 0;
+  if (atomic_load (&ov->committed) <= target)
+    r = ov_commit (ov, false, err);
+  else if (atomic_load (&ov->journal_errno)) {
+    *err = atomic_load (&ov->journal_errno);
+    r = -1;
+  }
+  pthread_mutex_unlock (&ov->commit_lock);
+  return r;
 }
 
 int
@@ -421,6 +574,46 @@ overlay_map (const struct overlay *ov, uint64_t offset, uint64_t count,
   return 0;
 }
 
+/* ----------------------------------------------------------------- views */
+
+struct overlay *
+overlay_freeze (struct overlay *ov)
+{
+  struct overlay *v = malloc (sizeof *v);
+  if (!v)
+    return NULL;
+  struct stripe_set all;
+  memset (all.bits, 0xff, sizeof all.bits);
+  atomic_fetch_add (&ov->pins, 1);   /* before any later retirement */
+  stripes_lock (ov, &all);
+  struct blockmap *copy = blockmap_clone (ov->map);
+  uint64_t data = atomic_load (&ov->data_blocks), zero = atomic_load (&ov->zero_blocks);
+  uint64_t written = atomic_load (&ov->written_bytes), zeroed = atomic_load (&ov->zeroed_bytes);
+  stripes_unlock (ov, &all);
+  if (!copy) {
+    atomic_fetch_sub (&ov->pins, 1);
+    free (v);
+    return NULL;
+  }
+  /* Only the fields reads and maps use; the view never writes. */
+  memset (v, 0, sizeof *v);
+  v->size = ov->size;
+  v->nblocks = ov->nblocks;
+  v->bs = ov->bs;
+  v->bits = ov->bits;
+  v->map = copy;
+  v->store = ov->store;
+  v->file_fd = ov->file_fd;
+  v->live = ov;
+  atomic_init (&v->data_blocks, data);
+  atomic_init (&v->zero_blocks, zero);
+  atomic_init (&v->written_bytes, written);
+  atomic_init (&v->zeroed_bytes, zeroed);
+  return v;
+}
+
+/* ------------------------------------------------------------- reloading */
+
 void
 overlay_attach_file (struct overlay *ov, int fd)
 {
@@ -433,7 +626,17 @@ overlay_set_file_block (struct overlay *ov, uint64_t block, uint64_t file_offset
   int err;
   if (block >= ov->nblocks || (file_offset & 3) || ov->file_fd < 0)
     return -1;
-  return set_entry (ov, block, file_entry (file_offset), &err);
+  _Atomic uint64_t *cell = blockmap_cell (ov->map, block);
+  if (!cell)
+    return -1;
+  struct jrec rec = { .kind = REC_FILE, .count = 1, .block = block, .value = file_offset };
+  if (add_record (ov, atomic_load (&ov->epoch) & 1, &rec, &err) == -1)
+    return -1;
+  uint64_t old = atomic_exchange (cell, file_entry (file_offset));
+  ov_account (ov, old, file_entry (file_offset));
+  if (tag (old) == TAG_STORE)
+    slots_retire (ov->slots, atomic_load (&ov->epoch) & 1, slot_of (old), true);
+  return 0;
 }
 
 int

@@ -566,6 +566,40 @@ policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
 }
 
 int
+policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN])
+{
+  int r = -1;
+  pthread_mutex_lock (&p->lock);
+  begin_field (p, "journal");
+  push_disk (p);
+  if (evaluate_field (p, "journal", 1, err) == 0)
+    r = pop_string (p, path, true, err);
+  pthread_mutex_unlock (&p->lock);
+  return r;
+}
+
+void
+policy_set_recovered (struct policy *p, const struct policy_recovered *r)
+{
+  lua_State *L = p->L;
+  pthread_mutex_lock (&p->lock);
+  push_disk (p);
+  lua_newtable (L);
+  set_string_field (L, "journal", r->journal);
+  lua_pushinteger (L, (lua_Integer) r->blocks);
+  lua_setfield (L, -2, "blocks");
+  lua_pushinteger (L, (lua_Integer) r->bytes);
+  lua_setfield (L, -2, "bytes");
+  lua_pushnumber (L, r->flushed);
+  lua_setfield (L, -2, "flushed");
+  lua_pushnumber (L, r->seconds);
+  lua_setfield (L, -2, "seconds");
+  lua_setfield (L, -2, "recovered");
+  lua_pop (L, 1);
+  pthread_mutex_unlock (&p->lock);
+}
+
+int
 policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,
                     char err[POLICY_ERRLEN])
 {

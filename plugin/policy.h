@@ -61,6 +61,16 @@ int policy_events (struct policy *p, unsigned *mask, double *interval,
                    char err[POLICY_ERRLEN]);
 int policy_cluster_size (struct policy *p, uint64_t size, uint32_t *cluster_size,
                          char err[POLICY_ERRLEN]);
+/* *path is NULL (no journal) or an absolute path to free. */
+int policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN]);
+
+struct policy_recovered {     /* disk.recovered and ctx.recovered */
+  const char *journal;
+  uint64_t blocks, bytes;
+  double flushed, seconds;
+};
+void policy_set_recovered (struct policy *p, const struct policy_recovered *r);
+
 /* *path is NULL (nothing to load) or an absolute path to free. */
 int policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN]);
 int policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,

@@ -6,83 +6,65 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
 
 #include "store.h"
 
-/* The file is kept sparse and larger than what is written, so writes
- * into new slots never extend it: an extending write makes the
- * filesystem journal a size change on every request.
- */
-#define INITIAL_SIZE ((uint64_t) 64 << 30)
-#define STORE_WRITE_MAX ((uint64_t) 256 * 1024)   /* bytes per pwrite, see store_write */
+#define GROW_MIN ((uint64_t) 64 << 20)   /* bytes added at least per growth */
 
 struct store {
-  int fd;
+  struct jio io;
   uint32_t slot_size;
-  _Atomic uint64_t next_slot;
+  uint64_t data_offset;
+  uint64_t max_bytes;         /* RLIMIT_FSIZE, or the largest off_t */
   _Atomic uint64_t file_size;
   pthread_mutex_t grow_lock;
 };
 
-struct store *
-store_new (const char *dir, uint32_t slot_size)
+int
+store_tmpfile (const char *dir)
 {
-  struct store *st = calloc (1, sizeof *st);
-  if (!st) {
-    nbdkit_error ("luacow: cannot allocate the overlay store: %m");
-    return NULL;
-  }
-  st->slot_size = slot_size;
-  st->fd = -1;
-
+  int fd = -1;
   /* O_TMPFILE never gives the file a name at all; the mkstemp fallback
-   * (filesystems without O_TMPFILE) unlinks it at once.  Either way the
-   * file is 0600 and disappears with the process.
+   * (filesystems without O_TMPFILE) unlinks it at once.
    */
 #ifdef O_TMPFILE
-  st->fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 #endif
-  if (st->fd == -1) {
+  if (fd == -1) {
     char *template;
-    if (asprintf (&template, "%s/luacow-store.XXXXXX", dir) == -1) {
-      free (st);
-      nbdkit_error ("luacow: cannot allocate the overlay store name: %m");
-      return NULL;
-    }
-    st->fd = mkostemp (template, O_CLOEXEC);
-    if (st->fd >= 0)
+    if (asprintf (&template, "%s/luacow-store.XXXXXX", dir) == -1)
+      return -1;
+    fd = mkostemp (template, O_CLOEXEC);
+    if (fd >= 0)
       unlink (template);
     free (template);
   }
-  if (st->fd == -1) {
-    nbdkit_error ("luacow: cannot create the overlay store in %s: %m "
-                  "(set TMPDIR to a writable directory)", dir);
-    free (st);
-    return NULL;
-  }
-  pthread_mutex_init (&st->grow_lock, NULL);
-  if (ftruncate (st->fd, (off_t) INITIAL_SIZE) == 0)
-    st->file_size = INITIAL_SIZE;
-  return st;
+  return fd;
 }
 
-/* Keep the sparse size ahead of the slots handed out (doubling). */
-static void
-grow (struct store *st, uint64_t end)
+struct store *
+store_new (const struct jio *io, uint32_t slot_size, uint64_t data_offset)
 {
-  pthread_mutex_lock (&st->grow_lock);
-  uint64_t size = atomic_load (&st->file_size);
-  if (end > size) {
-    uint64_t want = size * 2 > end ? size * 2 : end;
-    if (ftruncate (st->fd, (off_t) want) == 0)
-      atomic_store (&st->file_size, want);
-    else if (ftruncate (st->fd, (off_t) end) == 0)   /* near the filesystem's limit */
-      atomic_store (&st->file_size, end);
-  }
-  pthread_mutex_unlock (&st->grow_lock);
+  struct store *st = calloc (1, sizeof *st);
+  if (!st)
+    return NULL;
+  st->io = *io;
+  st->slot_size = slot_size;
+  st->data_offset = data_offset;
+  st->max_bytes = INT64_MAX;
+  struct rlimit rl;
+  if (getrlimit (RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < st->max_bytes)
+    st->max_bytes = rl.rlim_cur;   /* beyond it a write would raise SIGXFSZ */
+  uint64_t size = 0;
+  if (io->size (io->h, &size) == 0)
+    st->file_size = size;
+  pthread_mutex_init (&st->grow_lock, NULL);
+  return st;
 }
 
 void
@@ -90,40 +72,58 @@ store_free (struct store *st)
 {
   if (!st)
     return;
-  close (st->fd);
+  st->io.close (st->io.h);
   pthread_mutex_destroy (&st->grow_lock);
   free (st);
 }
 
+uint32_t store_slot_size (const struct store *st) { return st->slot_size; }
+const struct jio *store_io (const struct store *st) { return &st->io; }
+
 uint64_t
-store_alloc (struct store *st, uint64_t n)
+store_max_slots (const struct store *st)
 {
-  uint64_t slot = atomic_fetch_add_explicit (&st->next_slot, n, memory_order_relaxed);
-  uint64_t end = (slot + n) * st->slot_size;
-  if (end > atomic_load_explicit (&st->file_size, memory_order_relaxed))
-    grow (st, end);
-  return slot;
+  return st->max_bytes <= st->data_offset ? 0
+    : (st->max_bytes - st->data_offset) / st->slot_size;
+}
+
+int
+store_reserve (struct store *st, uint64_t end)
+{
+  if (end > store_max_slots (st)) {
+    errno = EFBIG;
+    return -1;
+  }
+  uint64_t need = st->data_offset + end * st->slot_size;
+  if (need <= atomic_load_explicit (&st->file_size, memory_order_acquire))
+    return 0;
+  int r = 0;
+  pthread_mutex_lock (&st->grow_lock);
+  uint64_t size = atomic_load (&st->file_size);
+  if (need > size) {
+    /* Grow ahead by a quarter (at least 64 MiB), within the limit. */
+    uint64_t want = size + (size / 4 > GROW_MIN ? size / 4 : GROW_MIN);
+    if (want < need)
+      want = need;
+    if (want > st->max_bytes)
+      want = st->max_bytes;
+    if (st->io.truncate (st->io.h, want) == 0 ||
+        (want > need && st->io.truncate (st->io.h, (want = need)) == 0))
+      atomic_store_explicit (&st->file_size, want, memory_order_release);
+    else
+      r = -1;
+  }
+  pthread_mutex_unlock (&st->grow_lock);
+  return r;
 }
 
 int
 store_read (struct store *st, void *buf, uint64_t count, uint64_t offset, int *err)
 {
-  char *p = buf;
-  off_t off = (off_t) offset;
-  while (count > 0) {
-    ssize_t r = pread (st->fd, p, count, off);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      *err = errno;
-      nbdkit_error ("luacow: overlay store read: %m");
-      return -1;
-    }
-    if (r == 0) {             /* slot allocated but never written: zeroes */
-      memset (p, 0, count);
-      break;
-    }
-    p += r; off += r; count -= r;
+  if (st->io.pread (st->io.h, buf, count, st->data_offset + offset) == -1) {
+    *err = errno;
+    nbdkit_error ("luacow: overlay store read: %m");
+    return -1;
   }
   return 0;
 }
@@ -131,30 +131,23 @@ store_read (struct store *st, void *buf, uint64_t count, uint64_t offset, int *e
 int
 store_write (struct store *st, const void *buf, uint64_t count, uint64_t offset, int *err)
 {
-  const char *p = buf;
-  off_t off = (off_t) offset;
-  while (count > 0) {
-    /* At most 256 KiB per call: 1 MiB pwrites into fresh store space
-     * cost about 3x the kernel CPU of the same bytes in 256 KiB calls
-     * (Linux 6.18 ext4, 4 writers; tests/bench/profile.sh write-1m).
-     */
-    ssize_t r = pwrite (st->fd, p, count > STORE_WRITE_MAX ? STORE_WRITE_MAX : count, off);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      *err = errno;
-      nbdkit_error ("luacow: overlay store write: %m");
-      return -1;
-    }
-    p += r; off += r; count -= r;
+  if (st->io.pwrite (st->io.h, buf, count, st->data_offset + offset) == -1) {
+    *err = errno;
+    nbdkit_error ("luacow: overlay store write: %m");
+    return -1;
   }
   return 0;
 }
 
 void
-store_release (struct store *st, uint64_t slot, uint64_t n)
+store_punch (struct store *st, uint64_t slot, uint64_t n)
 {
   /* Best effort: if punching is unsupported the space is simply kept. */
-  (void) fallocate (st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                    (off_t) (slot * st->slot_size), (off_t) (n * st->slot_size));
+  (void) st->io.punch (st->io.h, st->data_offset + slot * st->slot_size, n * st->slot_size);
+}
+
+int
+store_sync (struct store *st)
+{
+  return st->io.sync (st->io.h);
 }

@@ -1,31 +1,52 @@
-/* luacow: the overlay store, an unlinked temporary file of fixed-size
- * slots.  Slots are handed out by an atomic counter and never reused, so a
- * late writer can only ever touch a slot nobody else owns; freed slots
- * have their disk space punched out instead.
+/* luacow: the overlay store, a file of fixed-size slots.
+ *
+ * The file is either an anonymous temporary (no journal: nothing survives
+ * the process) or the journal file, whose first bytes hold the journal's
+ * headers (data_offset says where the slots begin).  Which slot holds what,
+ * and when a slot may be reused, is the business of slots.c and overlay.c;
+ * this file only moves bytes and keeps the file large enough.
  */
 #ifndef LUACOW_STORE_H
 #define LUACOW_STORE_H
 
 #include <stdint.h>
 
+#include "jio.h"
+
 struct store;
 
-/* Creates the file in dir (TMPDIR or /var/tmp), private and unlinked.
- * On failure returns NULL and logs the reason with nbdkit_error.
+/* Takes over io (closed by store_free).  The file is grown on demand,
+ * never past RLIMIT_FSIZE.  NULL when out of memory.
  */
-struct store *store_new (const char *dir, uint32_t slot_size);
+struct store *store_new (const struct jio *io, uint32_t slot_size, uint64_t data_offset);
 void store_free (struct store *st);
 
-/* Reserve n consecutive slots; returns the first. */
-uint64_t store_alloc (struct store *st, uint64_t n);
+/* An unlinked private file in dir, or -1 with errno set. */
+int store_tmpfile (const char *dir);
 
-/* I/O at a byte offset (slot * slot_size + offset in the slot).  Return 0
- * or -1 with *err set to an errno value.  Never-written bytes read as 0.
+uint32_t store_slot_size (const struct store *st);
+/* How many slots the file may ever hold (the file size limit). */
+uint64_t store_max_slots (const struct store *st);
+
+/* Make sure slots [0, end) exist in the file (growing ahead, so that
+ * writes into new slots never extend the file: an extending write makes
+ * the filesystem journal a size change on every request).  -1: errno.
+ */
+int store_reserve (struct store *st, uint64_t end);
+
+/* I/O at a byte offset into the slot area (slot * slot_size + offset in
+ * the slot).  0, or -1 with *err set to an errno value.
  */
 int store_read (struct store *st, void *buf, uint64_t count, uint64_t offset, int *err);
 int store_write (struct store *st, const void *buf, uint64_t count, uint64_t offset, int *err);
 
-/* Give the disk space of n slots back; contents become undefined. */
-void store_release (struct store *st, uint64_t slot, uint64_t n);
+/* Give the disk space of n slots back (best effort). */
+void store_punch (struct store *st, uint64_t slot, uint64_t n);
+
+/* fdatasync.  0 or -1 with errno. */
+int store_sync (struct store *st);
+
+/* The file operations, for the journal's headers before data_offset. */
+const struct jio *store_io (const struct store *st);
 
 #endif

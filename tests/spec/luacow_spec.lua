@@ -2,7 +2,7 @@
 local H = dofile((debug.getinfo(1, "S").source:match("^@(.*)/") or ".") .. "/helper.lua")
 local luacow = require "luacow"
 
-local VALID = "valid fields are cluster_size, load, events, interval, save, name, backing, compress, saved"
+local VALID = "valid fields are cluster_size, load, journal, events, interval, save, name, backing, compress, saved"
 local CLUSTER = "cluster_size must be a power of two from 512 to 2097152, got "
 local EVENTS = 'events must be a list of "flush", "close" and "interval", got '
 local INTERVAL_REQUIRED = 'interval must be a number of seconds > 0 when events include "interval", got '

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "overlay.h"
+#include "ovtest.h"
 #include "tap.h"
 
 /* The layer below: a deterministic pattern, counting the bytes it serves. */

@@ -15,6 +15,7 @@
 
 #include "load.h"
 #include "overlay.h"
+#include "ovtest.h"
 #include "save.h"
 #include "tap.h"
 

@@ -1,0 +1,84 @@
+/* luacow: the overlay's insides, shared by overlay.c (the request paths)
+ * and overlay_durable.c (open, recovery, commits).  See overlay.c.
+ */
+#ifndef LUACOW_OVERLAY_IMPL_H
+#define LUACOW_OVERLAY_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "avec.h"
+#include "blockmap.h"
+#include "journal.h"
+#include "overlay.h"
+#include "slots.h"
+#include "store.h"
+
+/* A block's entry in the block map: the low two bits are the state, the
+ * rest says where the data is.  Clean is 0 so untouched blocks cost
+ * nothing; zero is the block map's fill value.
+ */
+enum { E_CLEAN = 0, E_ZERO = 1, TAG_STORE = 2, TAG_FILE = 3 };
+
+static inline unsigned tag (uint64_t e) { return e & 3; }
+static inline bool is_data (uint64_t e) { return tag (e) >= TAG_STORE; }
+static inline uint64_t store_entry (uint64_t slot) { return slot << 2 | TAG_STORE; }
+static inline uint64_t slot_of (uint64_t e) { return e >> 2; }
+/* Reloaded qcow2 data offsets are multiples of 512, so the tag fits. */
+static inline uint64_t file_entry (uint64_t off) { return off | TAG_FILE; }
+static inline uint64_t file_offset_of (uint64_t e) { return e & ~(uint64_t) 3; }
+
+#define MAX_BLOCK 4096
+#define STRIPES 256
+#define STRIPE_SHIFT 6            /* 64 neighbouring blocks share a stripe */
+
+struct overlay {
+  uint64_t size, nblocks;
+  uint32_t bs;
+  unsigned bits;
+  struct blockmap *map;
+  struct store *store;
+  struct slots *slots;
+  struct journal *journal;        /* NULL: nothing survives the process */
+  char *journal_path, *base_link;
+  int file_fd;                    /* reloaded qcow2, or -1 */
+  struct overlay *live;           /* a frozen view: its overlay (NULL: live) */
+
+  /* Epochs: every request runs inside one; see the design note. */
+  _Atomic uint64_t epoch;
+  _Atomic uint64_t active[2];
+  struct avec recs[2];            /* journal records by epoch parity */
+  pthread_mutex_t stripes[STRIPES];
+
+  pthread_mutex_t commit_lock;
+  _Atomic uint64_t committed;     /* epochs below this are committed */
+  _Atomic int pins;               /* frozen views alive: reclaim nothing */
+  _Atomic int journal_errno;      /* sticky: a commit failed */
+  uint64_t compact_min;
+
+  pthread_t committer;
+  bool committer_running, committer_stop;
+  pthread_mutex_t committer_lock;
+  pthread_cond_t committer_cond;
+
+  _Atomic uint64_t data_blocks, zero_blocks, written_bytes, zeroed_bytes;
+};
+
+/* Epoch sections (overlay.c). */
+uint64_t ov_enter (struct overlay *ov);
+void ov_exit (struct overlay *ov, uint64_t e);
+
+/* Entry changes, counted (overlay.c). */
+void ov_account (struct overlay *ov, uint64_t old, uint64_t new);
+
+/* Wake the committer early: many slots wait for reuse, or many records
+ * for the journal (overlay_durable.c).
+ */
+void ov_nudge (struct overlay *ov);
+
+/* Commit epochs up to now (overlay_durable.c); compact if asked and due. */
+int ov_commit (struct overlay *ov, bool compact, int *err);
+
+#endif
