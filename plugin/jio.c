@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,7 +15,9 @@
  */
 #define WRITE_MAX ((size_t) 256 * 1024)
 
-static int fd_of (void *h) { return (int) (intptr_t) h; }
+struct fd_handle { int fd; };
+
+static int fd_of (void *h) { return ((struct fd_handle *) h)->fd; }
 
 static int
 fd_pwrite (void *h, const void *buf, size_t n, uint64_t off)
@@ -73,11 +76,27 @@ fd_size (void *h, uint64_t *size)
   return 0;
 }
 
-static void fd_close (void *h) { close (fd_of (h)); }
+static void
+fd_close (void *h)
+{
+  close (fd_of (h));
+  free (h);
+}
 
-void
+int
 jio_from_fd (struct jio *io, int fd)
 {
-  *io = (struct jio) { fd_pwrite, fd_pread, fd_sync, fd_truncate, fd_punch, fd_size,
-                       fd_close, (void *) (intptr_t) fd };
+  struct fd_handle *h = malloc (sizeof *h);
+  if (!h)
+    return -1;
+  h->fd = fd;
+  io->pwrite = fd_pwrite;
+  io->pread = fd_pread;
+  io->sync = fd_sync;
+  io->truncate = fd_truncate;
+  io->punch = fd_punch;
+  io->size = fd_size;
+  io->close = fd_close;
+  io->h = h;
+  return 0;
 }

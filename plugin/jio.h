@@ -25,7 +25,9 @@ struct jio {
   void *h;
 };
 
-/* Operations on an open file descriptor (closed by jio.close). */
-void jio_from_fd (struct jio *io, int fd);
+/* Operations on an open file descriptor (closed by jio.close).  0, or -1
+ * when out of memory (fd is left open).
+ */
+int jio_from_fd (struct jio *io, int fd);
 
 #endif

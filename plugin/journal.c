@@ -137,7 +137,7 @@ new_segment (struct journal *j, bool jump)
 static uint64_t
 room (const struct journal *j)
 {
-  uint64_t used = j->off + 2 * BATCH_HEADER;
+  uint64_t used = j->off + (uint64_t) 2 * BATCH_HEADER;
   return used >= JOURNAL_SEGMENT ? 0 : (JOURNAL_SEGMENT - used) / RECORD_SIZE;
 }
 
@@ -235,7 +235,7 @@ drop_superseded (const struct avec *v, uint64_t n)
           set_add (&s, r->block + i);
       else if (s.nbig == s.bigcap) {
         size_t c = s.bigcap ? s.bigcap * 2 : 16;
-        struct jrec **p = realloc (s.big, c * sizeof *p);
+        struct jrec **p = realloc (s.big, c * sizeof (struct jrec *));
         if (!p)
           rc = -1;
         else {

@@ -3,6 +3,8 @@
 
 #include "journal_format.h"
 
+static const unsigned char magic[JOURNAL_MAGIC_LEN] = { 'L', 'U', 'A', 'C', 'O', 'W', 'J', '1' };
+
 static uint32_t
 crc (uint32_t seed, const void *p, uint64_t n)
 {
@@ -20,7 +22,7 @@ jheader_encode (unsigned char out[JOURNAL_HEADER_SIZE], const struct jheader *h)
 {
   size_t plen = strnlen (h->base_path, JOURNAL_BASE_PATH_MAX);
   memset (out, 0, JOURNAL_HEADER_SIZE);
-  memcpy (out, JOURNAL_MAGIC, 8);
+  memcpy (out, magic, sizeof magic);
   put32 (out + 8, JOURNAL_VERSION);
   put64 (out + 16, h->seq);
   memcpy (out + 24, h->uuid, 16);
@@ -41,7 +43,7 @@ int
 jheader_decode (const unsigned char in[JOURNAL_HEADER_SIZE], struct jheader *h)
 {
   unsigned char copy[JOURNAL_HEADER_SIZE];
-  if (memcmp (in, JOURNAL_MAGIC, 8) != 0 || get32 (in + 8) != JOURNAL_VERSION)
+  if (memcmp (in, magic, sizeof magic) != 0 || get32 (in + 8) != JOURNAL_VERSION)
     return -1;
   memcpy (copy, in, sizeof copy);
   put32 (copy + 12, 0);

@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define JOURNAL_MAGIC "LUACOWJ1"
+#define JOURNAL_MAGIC_LEN 8    /* "LUACOWJ1", no NUL */
 #define JOURNAL_VERSION 1
 #define JOURNAL_HEADER_SIZE 4096
 #define JOURNAL_DATA_OFFSET 8192

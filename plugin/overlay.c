@@ -296,7 +296,7 @@ publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
       nudge |= slots_retired (ov->slots, p) % NUDGE_EVERY == 0;
     }
   }
-  if (nudge || (ov->journal && avec_len (&ov->recs[p]) % (16 * NUDGE_EVERY) < k))
+  if (nudge || (ov->journal && avec_len (&ov->recs[p]) % ((uint64_t) 16 * NUDGE_EVERY) < k))
     ov_nudge (ov);
   return 0;
 }

@@ -84,7 +84,7 @@ ov_commit (struct overlay *ov, bool may_compact, int *err)
   }
   else if (may_compact && ov->journal) {
     uint64_t live = atomic_load (&ov->data_blocks) + 1;
-    if (journal_log_bytes (ov->journal) > ov->compact_min + COMPACT_RATIO * RECORD_SIZE * live &&
+    if (journal_log_bytes (ov->journal) > ov->compact_min + (uint64_t) COMPACT_RATIO * RECORD_SIZE * live &&
         compact (ov) == -1) {
       *err = atomic_load (&ov->journal_errno);
       r = -1;
@@ -522,7 +522,11 @@ open_journal_file (const char *path, struct jio *io, char err[OV_ERRLEN])
     close (fd);
     return -1;
   }
-  jio_from_fd (io, fd);
+  if (jio_from_fd (io, fd) == -1) {
+    snprintf (err, OV_ERRLEN, "out of memory");
+    close (fd);
+    return -1;
+  }
   return 0;
 }
 
@@ -543,7 +547,11 @@ open_store (struct overlay *ov, const struct ov_options *o, char err[OV_ERRLEN])
                 "(set TMPDIR to a writable directory)", o->tmpdir, strerror (errno));
       return -1;
     }
-    jio_from_fd (&io, fd);
+    if (jio_from_fd (&io, fd) == -1) {
+      snprintf (err, OV_ERRLEN, "out of memory");
+      close (fd);
+      return -1;
+    }
   }
   ov->store = store_new (&io, ov->bs, o->journal ? JOURNAL_DATA_OFFSET : 0);
   if (!ov->store || !(ov->slots = slots_new (ov->store))) {
