@@ -96,6 +96,7 @@ bench: deps
 
 fuzz: deps
 	tests/fuzz/run.sh $${FUZZ_SECONDS:-60}
+	tests/fuzz/run_journal.sh $${FUZZ_SECONDS:-60}
 
 stress: deps
 	$(MAKE) all

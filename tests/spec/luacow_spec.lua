@@ -45,9 +45,48 @@ describe("luacow module", function ()
   end)
 
   it("lists its fields and events", function ()
-    assert.same({ "cluster_size", "load", "events", "interval", "save", "name", "backing",
-                  "compress", "saved" }, luacow.FIELDS)
+    assert.same({ "cluster_size", "load", "journal", "events", "interval", "save", "name",
+                  "backing", "compress", "saved" }, luacow.FIELDS)
     assert.same({ "flush", "close", "interval" }, luacow.EVENTS)
+  end)
+end)
+
+describe("the journal field", function ()
+  local function disk (params) return { size = 1 << 20, params = params or {}, cwd = "/d" } end
+
+  it("defaults to the save path plus .journal", function ()
+    local P = luacow.policy({})
+    assert.equal("ov.qcow2.journal", luacow.evaluate(P, "journal", disk({ save = "ov.qcow2" })))
+  end)
+  it("is false without a save path", function ()
+    assert.is_false(luacow.evaluate(luacow.policy({}), "journal", disk()))
+  end)
+  it("takes luacow-journal=PATH, and off for none", function ()
+    local P = luacow.policy({})
+    assert.equal("j", luacow.evaluate(P, "journal", disk({ save = "ov.qcow2", journal = "j" })))
+    assert.is_false(luacow.evaluate(P, "journal", disk({ save = "ov.qcow2", journal = "off" })))
+  end)
+  it("follows a static name of the policy's own", function ()
+    local P = luacow.policy({ name = "/srv/vm.qcow2" })
+    assert.equal("/srv/vm.qcow2.journal", luacow.evaluate(P, "journal", disk()))
+  end)
+  it("is false for a name that is a function (no path at startup)", function ()
+    local P = luacow.policy({ name = function (ctx) return ctx.event .. ".qcow2" end })
+    assert.is_false(luacow.evaluate(P, "journal", disk({ save = "ov.qcow2" })))
+  end)
+  it("may be set by the policy, statically or as a function", function ()
+    assert.equal("x.j", luacow.evaluate(luacow.policy({ journal = "x.j" }), "journal", disk()))
+    assert.is_false(luacow.evaluate(luacow.policy({ journal = false }), "journal",
+                                    disk({ save = "ov.qcow2" })))
+    local P = luacow.policy({ journal = function (d) return d.cwd .. "/f.j" end })
+    assert.equal("/d/f.j", luacow.evaluate(P, "journal", disk()))
+  end)
+  it("rejects what is not false or a path", function ()
+    assert.has_error(function () luacow.policy({ journal = 5 }) end,
+                     "journal must be false or a path (non-empty string), got 5")
+    assert.has_error(function () luacow.evaluate(luacow.policy({ journal = function () return "" end }),
+                                                 "journal", disk()) end,
+                     'journal must be false or a path (non-empty string), got ""')
   end)
 end)
 
