@@ -22,6 +22,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "fullio.h"
 #include "qcow2.h"
 #include "qcow2_common.h"
 
@@ -73,30 +74,17 @@ struct qcow2_image {
 /* -------------------------------------------------------------- helpers */
 
 /* Read exactly len bytes at off; the caller has checked the range lies
- * within the file size seen at open, so a short read means the file shrank.
+ * within the file size seen at open, so EIO here means the file shrank.
  */
 static int read_at (const struct qcow2_image *img, uint64_t off, void *buf,
                     size_t len, const char *what, struct qcow2_err *err)
 {
-  uint8_t *p = buf;
-  while (len > 0) {
-    ssize_t r = pread (img->fd, p, len, (off_t) off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      qcow2_seterr (err, "qcow2: reading %s at offset %llu: %s", what,
-                    (unsigned long long) off, strerror (errno));
-      return -1;
-    }
-    if (r == 0) {
-      qcow2_seterr (err, "qcow2: %s at offset %llu: unexpected end of file",
-                    what, (unsigned long long) off);
-      return -1;
-    }
-    p += r;
-    len -= (size_t) r;
-    off += (uint64_t) r;
-  }
-  return 0;
+  if (full_pread (img->fd, buf, len, off) == 0) return 0;
+  qcow2_seterr (err, "qcow2: reading %s at offset %llu: %s", what,
+                (unsigned long long) off,
+                errno == EIO ? "unexpected end of file or I/O error" :
+                strerror (errno));
+  return -1;
 }
 
 /* True when [off, off + len) lies inside the file, without overflow. */

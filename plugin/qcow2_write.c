@@ -26,6 +26,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "fullio.h"
 #include "qcow2.h"
 #include "qcow2_common.h"
 
@@ -98,21 +99,15 @@ static int pwrite_all (int fd, const void *buf, size_t len, uint64_t off,
 {
   const uint8_t *p = buf;
   while (len > 0) {
-    ssize_t r = pwrite (fd, p, len > PWRITE_MAX ? PWRITE_MAX : len, (off_t) off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
+    size_t n = len > PWRITE_MAX ? PWRITE_MAX : len;
+    if (full_pwrite (fd, p, n, off) < 0) {
       qcow2_seterr (err, "qcow2: write at offset %llu: %s",
                     (unsigned long long) off, strerror (errno));
       return -1;
     }
-    if (r == 0) {
-      qcow2_seterr (err, "qcow2: write at offset %llu made no progress",
-                    (unsigned long long) off);
-      return -1;
-    }
-    p += r;
-    len -= (size_t) r;
-    off += (uint64_t) r;
+    p += n;
+    len -= n;
+    off += n;
   }
   return 0;
 }

@@ -56,7 +56,8 @@ q () { qemu-io -f qcow2 "$@" >/dev/null; }
 )
 
 cc -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -I"$top/plugin" \
-  -o "$work/make-corpus" make-corpus.c "$top/plugin/qcow2_write.c" -lz -lzstd
+  -o "$work/make-corpus" make-corpus.c "$top"/plugin/qcow2_*.c \
+  "$top/plugin/fullio.c" -lz -lzstd
 rm -rf good bad
 mkdir -p good bad
 "$work/make-corpus" "$work" .
