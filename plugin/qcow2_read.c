@@ -26,10 +26,11 @@
 #include "qcow2.h"
 #include "qcow2_common.h"
 
-/* zstd frames for a 2 MiB cluster never need a larger window; this caps
- * the decoder's allocation for hostile frames.
+/* qemu decodes frames with zstd's default limit, windows up to 2^27
+ * bytes; so do we (the window buffer is allocated as the frame declares;
+ * only the part written, at most about a cluster, is ever touched).
  */
-#define ZSTD_WINDOW_LOG_MAX 23
+#define ZSTD_WINDOW_LOG_MAX 27
 
 enum meta_kind {
   META_HEADER, META_L1, META_L2, META_REFTABLE, META_REFBLOCK,
@@ -208,7 +209,8 @@ struct header {
   uint32_t header_length;
   uint8_t compression_type;
   /* from the bitmaps extension */
-  bool has_bitmaps;
+  bool seen_bitmaps;            /* the extension is there */
+  bool has_bitmaps;             /* and valid (autoclear bit 0 set) */
   uint64_t bitmap_dir_offset, bitmap_dir_size;
 };
 
@@ -405,7 +407,7 @@ static int parse_extensions (struct qcow2_image *img, const uint8_t *h,
     case QCOW2_EXT_BITMAPS: {
       const uint8_t *p = h + off;
       uint32_t nb;
-      if (hd->has_bitmaps) {
+      if (hd->seen_bitmaps) {
         qcow2_seterr (err, "qcow2: duplicate bitmaps extension");
         return -1;
       }
@@ -414,6 +416,13 @@ static int parse_extensions (struct qcow2_image *img, const uint8_t *h,
                       len);
         return -1;
       }
+      hd->seen_bitmaps = true;
+      /* Autoclear bit 0 clear (always in v2): a program without bitmap
+       * support wrote the file after the bitmaps, so the spec says their
+       * data is inconsistent; it is ignored, the directory's clusters may
+       * since hold anything (qemu-img check -r frees them).
+       */
+      if (!(hd->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) break;
       nb = get_be32 (p);
       hd->bitmap_dir_size = get_be64 (p + 8);
       hd->bitmap_dir_offset = get_be64 (p + 16);
@@ -1004,8 +1013,11 @@ int qcow2_for_each_cluster (struct qcow2_image *img, qcow2_cluster_fn fn,
 
 /* ---------------------------------------------------------- decompress */
 
-/* As qemu: raw deflate that must fill the cluster; we also insist the
- * stream ends right there, so a cluster never holds more than its size.
+/* As qemu and the spec: raw deflate, decompressed until the cluster is
+ * full.  What the stream holds after that is never looked at, so it may
+ * go on or be cut short; a stream that ends, breaks or runs out of input
+ * before the cluster is full is refused.  One call with Z_FINISH, as qemu,
+ * so both see the same bytes and agree on every stream.
  */
 static int inflate_cluster (const uint8_t *src, size_t len, uint8_t *out,
                             size_t out_len, struct qcow2_err *err)
@@ -1021,20 +1033,14 @@ static int inflate_cluster (const uint8_t *src, size_t len, uint8_t *out,
   zs.next_out = out;
   zs.avail_out = (uInt) out_len;
   r = inflate (&zs, Z_FINISH);
-  if (r != Z_STREAM_END && zs.avail_out == 0 && zs.avail_in > 0) {
-    /* Output full: the stream may still end without producing more. */
-    uint8_t extra;
-    zs.next_out = &extra;
-    zs.avail_out = 1;
-    r = inflate (&zs, Z_FINISH);
-    if (zs.avail_out == 0) r = Z_DATA_ERROR;
-    else zs.avail_out = 0;
-  }
   inflateEnd (&zs);
-  if (r != Z_STREAM_END || zs.avail_out != 0) {
+  /* Z_BUF_ERROR: the output is full (or the input ran out, caught by
+   * avail_out).
+   */
+  if ((r != Z_STREAM_END && r != Z_BUF_ERROR) || zs.avail_out != 0) {
     qcow2_seterr (err, "qcow2: corrupt deflate data (%s)",
                   r == Z_STREAM_END ? "less than a cluster" :
-                  "invalid, truncated or more than a cluster");
+                  r == Z_BUF_ERROR ? "truncated before a cluster" : "invalid");
     return -1;
   }
   return 0;
