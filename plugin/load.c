@@ -13,6 +13,7 @@
 #include <nbdkit-filter.h>
 
 #include "clock.h"
+#include "fullio.h"
 #include "load.h"
 #include "qcow2.h"
 
@@ -45,24 +46,6 @@ fail (struct loader *l, const char *what, uint64_t n, const char *why)
   return -1;
 }
 
-static int
-pread_all (int fd, void *buf, size_t n, uint64_t off)
-{
-  char *p = buf;
-  while (n > 0) {
-    ssize_t r = pread (fd, p, n, (off_t) off);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      if (r == 0)
-        errno = EIO;
-      return -1;
-    }
-    p += r; n -= (size_t) r; off += (uint64_t) r;
-  }
-  return 0;
-}
-
 /* Fill out (cs bytes) with guest cluster c's content from the file. */
 static int
 read_cluster (struct loader *l, const struct qcow2_cluster *c, char *out)
@@ -73,7 +56,7 @@ read_cluster (struct loader *l, const struct qcow2_cluster *c, char *out)
     return 0;
   }
   if (c->kind == QCOW2_DATA) {
-    if (pread_all (l->fd, out, l->cs, c->host_offset) == -1)
+    if (full_pread (l->fd, out, l->cs, c->host_offset) == -1)
       return fail (l, "reading data at", c->host_offset, strerror (errno));
     return 0;
   }

@@ -47,6 +47,9 @@ enum {
 #define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
 #define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
 
+/* Autoclear feature bits. */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+
 #define QCOW2_COMPRESSION_TYPE_ZLIB 0
 #define QCOW2_COMPRESSION_TYPE_ZSTD 1
 

@@ -22,11 +22,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ZLIB_CONST           /* next_in is const: no cast away of const */
-#include <zlib.h>
-#include <zstd.h>
-
+#include "fullio.h"
 #include "qcow2.h"
+#include "qcow2_codec.h"
 #include "qcow2_common.h"
 
 /* Every memcpy/memset below has a size checked against its buffer; the
@@ -63,15 +61,12 @@ struct qcow2_writer {
   uint64_t obase;
   size_t olen;
 
-  ZSTD_CCtx *zc;
-  uint8_t *cbuf;
-  size_t climit;                    /* store compressed only up to this */
+  struct qcow2_compressor *comp;    /* NULL: no compression */
   uint8_t *stage;                   /* compressed clusters not yet placed */
   size_t stage_len, stage_cap;
   struct staged { uint32_t slot, len; } *staged;  /* by L2 slot */
 
   struct qcow2_write_stats stats;
-  z_stream zs;
 
   int fd;
   unsigned cluster_bits;
@@ -82,7 +77,6 @@ struct qcow2_writer {
   uint32_t nstaged;
   bool failed;                      /* after any error, refuse more calls */
   bool l2_used;
-  bool zs_ready;
 };
 
 /* ------------------------------------------------------------ output */
@@ -98,21 +92,15 @@ static int pwrite_all (int fd, const void *buf, size_t len, uint64_t off,
 {
   const uint8_t *p = buf;
   while (len > 0) {
-    ssize_t r = pwrite (fd, p, len > PWRITE_MAX ? PWRITE_MAX : len, (off_t) off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
+    size_t n = len > PWRITE_MAX ? PWRITE_MAX : len;
+    if (full_pwrite (fd, p, n, off) < 0) {
       qcow2_seterr (err, "qcow2: write at offset %llu: %s",
                     (unsigned long long) off, strerror (errno));
       return -1;
     }
-    if (r == 0) {
-      qcow2_seterr (err, "qcow2: write at offset %llu made no progress",
-                    (unsigned long long) off);
-      return -1;
-    }
-    p += r;
-    len -= (size_t) r;
-    off += (uint64_t) r;
+    p += n;
+    len -= n;
+    off += n;
   }
   return 0;
 }
@@ -228,49 +216,6 @@ static int place_compressed (struct qcow2_writer *w, size_t len,
   return 0;
 }
 
-/* --------------------------------------------------------- compression */
-
-/* Returns 1 and the size in *len when the cluster compresses to at most
- * climit bytes, 0 when it should be stored as is, -1 on error.
- */
-static int compress_cluster (struct qcow2_writer *w, const void *buf,
-                             size_t *len, struct qcow2_err *err)
-{
-  if (w->compress == QCOW2_COMPRESS_DEFLATE) {
-    int r;
-    if (deflateReset (&w->zs) != Z_OK) {
-      qcow2_seterr (err, "qcow2: deflateReset failed");
-      return -1;
-    }
-    w->zs.next_in = (const Bytef *) buf;
-    w->zs.avail_in = w->cluster_size;
-    w->zs.next_out = w->cbuf;
-    w->zs.avail_out = (uInt) w->climit;
-    r = deflate (&w->zs, Z_FINISH);
-    if (r == Z_STREAM_END) {
-      *len = w->climit - w->zs.avail_out;
-      return 1;
-    }
-    if (r == Z_OK || r == Z_BUF_ERROR) return 0;  /* did not fit */
-    qcow2_seterr (err, "qcow2: deflate failed (%d)", r);
-    return -1;
-  }
-  else {
-    ZSTD_inBuffer in = { buf, w->cluster_size, 0 };
-    ZSTD_outBuffer out = { w->cbuf, w->climit, 0 };
-    size_t r = ZSTD_CCtx_reset (w->zc, ZSTD_reset_session_only);
-    if (!ZSTD_isError (r))
-      r = ZSTD_compressStream2 (w->zc, &out, &in, ZSTD_e_end);
-    if (ZSTD_isError (r)) {
-      qcow2_seterr (err, "qcow2: zstd: %s", ZSTD_getErrorName (r));
-      return -1;
-    }
-    if (r != 0) return 0;       /* output did not fit */
-    *len = out.pos;
-    return 1;
-  }
-}
-
 /* ------------------------------------------------------------- tables */
 
 /* Place the staged compressed clusters one after the other and fill in
@@ -350,6 +295,7 @@ int qcow2_writer_add_data (struct qcow2_writer *w, uint64_t guest_cluster,
                            const void *buf, struct qcow2_err *err)
 {
   uint64_t off, entry;
+  const uint8_t *cdata = NULL;
   size_t clen = 0;
   int r = 0;
 
@@ -368,14 +314,14 @@ int qcow2_writer_add_data (struct qcow2_writer *w, uint64_t guest_cluster,
       }
   }
 
-  if (w->compress != QCOW2_COMPRESS_NONE) {
-    r = compress_cluster (w, buf, &clen, err);
+  if (w->comp) {
+    r = qcow2_compress (w->comp, buf, &cdata, &clen, err);
     if (r < 0) goto fail;
   }
   if (r == 1) {
     if (w->stage_len + clen > w->stage_cap && flush_stage (w, err) < 0)
       goto fail;
-    memcpy (w->stage + w->stage_len, w->cbuf, clen);
+    memcpy (w->stage + w->stage_len, cdata, clen);
     w->stage_len += clen;
     w->staged[w->nstaged].slot = (uint32_t) (guest_cluster % w->l2_entries);
     w->staged[w->nstaged].len = (uint32_t) clen;
@@ -467,6 +413,22 @@ static int check_options (const struct qcow2_write_options *o,
   return 0;
 }
 
+/* The compressor and the stage of compressed clusters not yet placed. */
+static int setup_compression (struct qcow2_writer *w, struct qcow2_err *err)
+{
+  size_t limit = qcow2_compress_limit (w->cluster_size);
+  w->comp = qcow2_compressor_new (w->compress, w->cluster_size, err);
+  if (!w->comp) return -1;
+  w->stage_cap = STAGE_BYTES > 2 * limit ? STAGE_BYTES : 2 * limit;
+  w->stage = malloc (w->stage_cap);
+  w->staged = malloc (w->l2_entries * sizeof *w->staged);
+  if (!w->stage || !w->staged) {
+    qcow2_seterr (err, "qcow2: out of memory");
+    return -1;
+  }
+  return 0;
+}
+
 struct qcow2_writer *qcow2_writer_new (int fd,
                                        const struct qcow2_write_options *opts,
                                        struct qcow2_err *err)
@@ -531,38 +493,8 @@ struct qcow2_writer *qcow2_writer_new (int fd,
     goto fail;
   }
 
-  if (w->compress != QCOW2_COMPRESS_NONE) {
-    /* Store compressed only if it saves at least a sector (an eighth of
-     * tiny clusters): decompressing costs more than reading.
-     */
-    size_t save = w->cluster_size / 8 < QCOW2_SECTOR ?
-                  w->cluster_size / 8 : QCOW2_SECTOR;
-    w->climit = w->cluster_size - save;
-    w->cbuf = malloc (w->climit);
-    w->stage_cap = STAGE_BYTES > 2 * w->climit ? STAGE_BYTES : 2 * w->climit;
-    w->stage = malloc (w->stage_cap);
-    w->staged = malloc (w->l2_entries * sizeof *w->staged);
-    if (!w->cbuf || !w->stage || !w->staged) {
-      qcow2_seterr (err, "qcow2: out of memory");
-      goto fail;
-    }
-  }
-  if (w->compress == QCOW2_COMPRESS_DEFLATE) {
-    /* As qemu-img convert -c: raw deflate with a 4 KiB window. */
-    if (deflateInit2 (&w->zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                      Z_DEFAULT_STRATEGY) != Z_OK) {
-      qcow2_seterr (err, "qcow2: deflateInit2 failed");
-      goto fail;
-    }
-    w->zs_ready = true;
-  }
-  else if (w->compress == QCOW2_COMPRESS_ZSTD) {
-    w->zc = ZSTD_createCCtx ();
-    if (!w->zc) {
-      qcow2_seterr (err, "qcow2: out of memory for zstd");
-      goto fail;
-    }
-  }
+  if (w->compress != QCOW2_COMPRESS_NONE && setup_compression (w, err) < 0)
+    goto fail;
 
   /* Cluster 0 is the header, written by finish. */
   if (alloc_clusters (w, 1, &off, err) < 0) goto fail;
@@ -643,11 +575,57 @@ static void size_refcount_structures (uint64_t clusters, uint64_t per_block,
   *table_clusters = rt;
 }
 
+/* The L1 table, big-endian, one cluster (buf) at a time. */
+static int write_l1 (struct qcow2_writer *w, uint8_t *buf, uint64_t l1_off,
+                     uint64_t l1_clusters, struct qcow2_err *err)
+{
+  uint64_t cs = w->cluster_size;
+  for (uint64_t c = 0; c < l1_clusters; c++) {
+    memset (buf, 0, cs);
+    for (uint64_t i = 0; i < cs / 8; i++) {
+      uint64_t k = c * (cs / 8) + i;
+      if (k >= w->l1_size) break;
+      put_be64 (buf + i * 8, w->l1[k]);
+    }
+    if (out_write (w, l1_off + c * cs, buf, cs, err) < 0) return -1;
+  }
+  return 0;
+}
+
+/* rb refcount blocks at rb_off (16-bit counts of every cluster up to
+ * w->end, which includes them), then the rtc-cluster table at rt_off.
+ */
+static int write_refcounts (struct qcow2_writer *w, uint8_t *buf,
+                            uint64_t rb_off, uint64_t rb, uint64_t rt_off,
+                            uint64_t rtc, struct qcow2_err *err)
+{
+  uint64_t cs = w->cluster_size, per_block = cs / 2;
+  uint64_t total = w->end >> w->cluster_bits;
+  for (uint64_t b = 0; b < rb; b++) {
+    memset (buf, 0, cs);
+    for (uint64_t i = 0; i < per_block; i++) {
+      uint64_t k = b * per_block + i;
+      if (k >= total) break;
+      put_be16 (buf + i * 2, w->refcounts[k]);
+    }
+    if (out_write (w, rb_off + b * cs, buf, cs, err) < 0) return -1;
+  }
+  for (uint64_t c = 0; c < rtc; c++) {
+    memset (buf, 0, cs);
+    for (uint64_t i = 0; i < cs / 8; i++) {
+      uint64_t k = c * (cs / 8) + i;
+      if (k >= rb) break;
+      put_be64 (buf + i * 8, rb_off + k * cs);
+    }
+    if (out_write (w, rt_off + c * cs, buf, cs, err) < 0) return -1;
+  }
+  return 0;
+}
+
 int qcow2_writer_finish (struct qcow2_writer *w, struct qcow2_write_stats *stats,
                          struct qcow2_err *err)
 {
   uint64_t cs, per_block, l1_clusters, rb, rtc, l1_off = 0, rb_off, rt_off;
-  uint64_t total;
   uint8_t *buf = NULL;
 
   if (!w || w->failed) {
@@ -678,38 +656,10 @@ int qcow2_writer_finish (struct qcow2_writer *w, struct qcow2_write_stats *stats
   if (alloc_clusters (w, rb, &rb_off, err) < 0 ||
       alloc_clusters (w, rtc, &rt_off, err) < 0)
     goto fail;
-  total = w->end >> w->cluster_bits;
 
-  /* L1 table, big-endian, one cluster at a time. */
-  for (uint64_t c = 0; c < l1_clusters; c++) {
-    memset (buf, 0, cs);
-    for (uint64_t i = 0; i < cs / 8; i++) {
-      uint64_t k = c * (cs / 8) + i;
-      if (k >= w->l1_size) break;
-      put_be64 (buf + i * 8, w->l1[k]);
-    }
-    if (out_write (w, l1_off + c * cs, buf, cs, err) < 0) goto fail;
-  }
-
-  for (uint64_t b = 0; b < rb; b++) {
-    memset (buf, 0, cs);
-    for (uint64_t i = 0; i < per_block; i++) {
-      uint64_t k = b * per_block + i;
-      if (k >= total) break;
-      put_be16 (buf + i * 2, w->refcounts[k]);
-    }
-    if (out_write (w, rb_off + b * cs, buf, cs, err) < 0) goto fail;
-  }
-
-  for (uint64_t c = 0; c < rtc; c++) {
-    memset (buf, 0, cs);
-    for (uint64_t i = 0; i < cs / 8; i++) {
-      uint64_t k = c * (cs / 8) + i;
-      if (k >= rb) break;
-      put_be64 (buf + i * 8, rb_off + k * cs);
-    }
-    if (out_write (w, rt_off + c * cs, buf, cs, err) < 0) goto fail;
-  }
+  if (write_l1 (w, buf, l1_off, l1_clusters, err) < 0 ||
+      write_refcounts (w, buf, rb_off, rb, rt_off, rtc, err) < 0)
+    goto fail;
 
   if (out_flush (w, err) < 0) goto fail;
   build_header (w, buf, l1_off, rt_off, rtc);
@@ -735,9 +685,7 @@ int qcow2_writer_finish (struct qcow2_writer *w, struct qcow2_write_stats *stats
 void qcow2_writer_free (struct qcow2_writer *w)
 {
   if (!w) return;
-  if (w->zs_ready) deflateEnd (&w->zs);
-  ZSTD_freeCCtx (w->zc);
-  free (w->cbuf);
+  qcow2_compressor_free (w->comp);
   free (w->stage);
   free (w->staged);
   free (w->obuf);

@@ -2,7 +2,9 @@
  *
  * WORKDIR holds small qemu-made images; this program adds images from
  * luacow's encoder, copies all of them to OUTDIR/good/ and writes damaged
- * copies to OUTDIR/bad/, one per broken field, named after it.  Offsets
+ * copies to OUTDIR/bad/, one per broken field, named after it; and to
+ * OUTDIR/good/ a few patched copies that are unusual but valid (qemu
+ * reads them the same).  Offsets
  * are found by parsing each base, so the damage lands on the intended
  * structure whatever qemu's layout.
  */
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <zlib.h>
+#define ZSTD_STATIC_LINKING_ONLY    /* ZSTD_getFrameHeader */
 #include <zstd.h>
 
 #include "qcow2.h"
@@ -77,6 +80,13 @@ static void bad (const char *name, struct img m)
   save_to ("bad", name, m);
   free (m.p);
   nbad++;
+}
+
+/* Save a patched copy that must still decode, and free it. */
+static void good (const char *name, struct img m)
+{
+  save_to ("good", name, m);
+  free (m.p);
 }
 
 static uint32_t g32 (struct img m, uint64_t o)
@@ -209,6 +219,65 @@ static void put_stream (struct img m, uint64_t entry_off, const void *s, size_t 
                       (unsigned long long) bytes);
   memset (m.p + off, 0, bytes);
   memcpy (m.p + off, s, n);
+}
+
+/* Bytes of compressed cluster entry_off's stream before the next stream
+ * (qemu packs them byte-wise) or the end of its sectors.
+ */
+static uint64_t stream_room (struct img m, uint64_t entry_off)
+{
+  uint64_t off, bytes, end;
+  compressed_at (m, entry_off, &off, &bytes);
+  end = off + bytes;
+  for (uint32_t i = 0; i < g32 (m, 36); i++) {
+    uint64_t l2 = g64 (m, l1off (m) + 8 * i) & OFFMASK;
+    if (!l2) continue;
+    for (uint64_t j = 0; j < csz (m) / 8; j++) {
+      uint64_t o, b;
+      if (!(g64 (m, l2 + 8 * j) & (1ull << 62))) continue;
+      compressed_at (m, l2 + 8 * j, &o, &b);
+      if (o > off && o < end) end = o;
+    }
+  }
+  return end - off;
+}
+
+/* Write a stream over compressed cluster entry_off's own bytes only, so
+ * the clusters packed after it stay intact.
+ */
+static void put_own_stream (struct img m, uint64_t entry_off, const void *s,
+                            size_t n)
+{
+  uint64_t off, bytes, room = stream_room (m, entry_off);
+  compressed_at (m, entry_off, &off, &bytes);
+  if (n > room) die ("stream of %zu bytes does not fit in %llu", n,
+                     (unsigned long long) room);
+  memset (m.p + off, 0, room);
+  memcpy (m.p + off, s, n);
+}
+
+/* A zstd frame of n bytes of src whose header declares a window of
+ * 2^window_log bytes (no content size, so the descriptor byte is there).
+ */
+static size_t zstd_window_frame (uint8_t *dst, size_t cap, const uint8_t *src,
+                                 size_t n, unsigned window_log)
+{
+  ZSTD_CCtx *c = ZSTD_createCCtx ();
+  ZSTD_inBuffer in = { src, n, 0 };
+  ZSTD_outBuffer ob = { dst, cap, 0 };
+  ZSTD_frameHeader fh;
+  size_t r;
+  ZSTD_CCtx_setParameter (c, ZSTD_c_contentSizeFlag, 0);
+  r = ZSTD_compressStream2 (c, &ob, &in, ZSTD_e_continue);
+  if (!ZSTD_isError (r)) r = ZSTD_compressStream2 (c, &ob, &in, ZSTD_e_end);
+  ZSTD_freeCCtx (c);
+  if (ZSTD_isError (r) || r != 0 || ob.pos < 6 || (dst[4] & 0x20))
+    die ("zstd frame");
+  dst[5] = (uint8_t) ((window_log - 10) << 3);
+  if (ZSTD_getFrameHeader (&fh, dst, ob.pos) != 0 ||
+      fh.windowSize != 1ull << window_log)
+    die ("zstd frame header");
+  return ob.pos;
 }
 
 static size_t raw_deflate (uint8_t *dst, size_t cap, const uint8_t *src, size_t n)
@@ -402,6 +471,14 @@ static void extensions (void)
   m = clone (bm); s64 (m, bmx + 16, 0x10000000); bad ("ext-bitmaps-directory-huge", m);
   m = clone (bm); s64 (m, find_entry (bm, E_DATA, 0), g64 (bm, bmx + 24) | 1ull << 63);
   bad ("l2-entry-data-on-bitmap-directory", m);
+  /* Autoclear bit 0 clear: the bitmaps are stale, the extension's data
+   * is ignored (spec), whatever it says.
+   */
+  m = clone (bm); m.p[95] &= (uint8_t) ~1; s32 (m, bmx + 8, 0);
+  good ("q-bitmap-stale-zero-count", m);
+  m = clone (bm); m.p[95] &= (uint8_t) ~1;
+  s64 (m, bmx + 24, g64 (bm, find_entry (bm, E_DATA, 0)) & OFFMASK);
+  good ("q-bitmap-stale-directory-on-data", m);
   free (b.p);
   free (back.p);
   free (bm.p);
@@ -536,8 +613,10 @@ static void compressed (void)
   memset (src, 'a', sizeof src);
   n = raw_deflate (stream, sizeof stream, src, 100);
   m = clone (d); put_stream (m, cd, stream, n); bad ("compressed-deflate-short-output", m);
+  /* Valid: decompression stops once the cluster is full (qemu too). */
   n = raw_deflate (stream, sizeof stream, src, 2 * cs);
-  m = clone (d); put_stream (m, cd, stream, n); bad ("compressed-deflate-oversized", m);
+  m = clone (d); put_own_stream (m, cd, stream, n);
+  good ("q-deflate-stream-past-cluster", m);
   n = raw_deflate (stream, sizeof stream, src, cs);
   m = clone (d); put_stream (m, cd, stream, n / 2); bad ("compressed-deflate-truncated", m);
   m = clone (d);
@@ -561,6 +640,11 @@ static void compressed (void)
     m = clone (z); put_stream (m, cz, big_window, sizeof big_window);
     bad ("compressed-zstd-huge-window", m);
   }
+  /* qemu decodes windows up to 2^27 bytes (zstd's default limit). */
+  n = zstd_window_frame (stream, sizeof stream, src, cs, 27);
+  m = clone (z); put_own_stream (m, cz, stream, n); good ("q-zstd-window-2p27", m);
+  n = zstd_window_frame (stream, sizeof stream, src, cs, 28);
+  m = clone (z); put_own_stream (m, cz, stream, n); bad ("compressed-zstd-window-2p28", m);
   free (d.p);
   free (z.p);
   free (d4.p);

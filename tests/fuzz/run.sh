@@ -18,7 +18,7 @@ fail () { echo "not ok 1 - fuzz qcow2 decoder: $*"; echo "1..1"; exit 1; }
 
 clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=all -Iplugin -o "$bin/fuzz_qcow2" \
-  tests/fuzz/fuzz_qcow2.c plugin/qcow2_read.c -lz -lzstd \
+  tests/fuzz/fuzz_qcow2.c plugin/qcow2_*.c plugin/fullio.c -lz -lzstd \
   || fail "build failed"
 
 mkdir -p "$work/seeds" "$work/new"
