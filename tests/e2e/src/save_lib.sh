@@ -25,6 +25,8 @@
 # otherwise, so overlay stores and rescue files never land in the tree.
 
 SRC=$TOP/tests/e2e/src
+# A rescue file's name (an ERE): luacow-rescue-<time>-<pid>-<random>.qcow2.
+RESCUE_RE='luacow-rescue-[0-9]+-[0-9]+-[0-9a-f]{16}\.qcow2'
 # nbdkit's overlay store and the rescue files' second choice stay in
 # SCRATCH; so does its working directory (the rescue files' first choice).
 export TMPDIR=$SCRATCH/tmp
