@@ -50,21 +50,26 @@ random_bytes (unsigned char *buf, size_t n)
   }
 }
 
-int
-savefile_randomize (char *s)
+/* SAVEFILE_RANDOM_LEN random hex digits at p. */
+static void
+fill_random (char *p)
+{
+  unsigned char r[SAVEFILE_RANDOM_LEN / 2];
+  random_bytes (r, sizeof r);
+  for (size_t i = 0; i < sizeof r; ++i) {
+    p[2 * i] = "0123456789abcdef"[r[i] >> 4];
+    p[2 * i + 1] = "0123456789abcdef"[r[i] & 15];
+  }
+}
+
+/* The last SAVEFILE_RANDOM in s, or NULL. */
+static char *
+random_run (char *s)
 {
   char *run = NULL;
   for (char *p = strstr (s, SAVEFILE_RANDOM); p; p = strstr (p + 1, SAVEFILE_RANDOM))
     run = p;
-  if (!run)
-    return -1;
-  unsigned char r[SAVEFILE_RANDOM_LEN / 2];
-  random_bytes (r, sizeof r);
-  for (size_t i = 0; i < sizeof r; ++i) {
-    run[2 * i] = "0123456789abcdef"[r[i] >> 4];
-    run[2 * i + 1] = "0123456789abcdef"[r[i] & 15];
-  }
-  return 0;
+  return run;
 }
 
 /* ".BASE.luacow-" with BASE cut to TEMP_BASE_MAX bytes (malloc'd). */
@@ -162,8 +167,9 @@ new_temp_name (struct savefile *f)
     errno = ENOMEM;
     return -1;
   }
+  fill_random (f->tmp + strlen (prefix));
   free (prefix);
-  return savefile_randomize (f->tmp);
+  return 0;
 }
 
 /* Where O_TMPFILE is unsupported: a fresh name, created exclusively, not
@@ -223,9 +229,13 @@ split_path (struct savefile *f, const char *path, char *err, size_t errlen)
     snprintf (err, errlen, "out of memory");
     return -1;
   }
-  if (f->unique && !strstr (f->base, SAVEFILE_RANDOM)) {
-    snprintf (err, errlen, "no room for a random part in %s", f->base);
-    return -1;
+  if (f->unique) {
+    const char *run = random_run (f->base);
+    if (!run) {
+      snprintf (err, errlen, "no room for a random part in %s", f->base);
+      return -1;
+    }
+    f->random_at = (size_t) (run - f->base);
   }
   return 0;
 }
@@ -280,8 +290,7 @@ static int
 publish_unique (struct savefile *f)
 {
   for (int i = 0; i < NAME_TRIES; ++i) {
-    if (savefile_randomize (f->base) == -1)
-      return -1;
+    fill_random (f->base + f->random_at);
     int r = f->named ? linkat (f->dirfd, f->tmp, f->dirfd, f->base, 0)
       : link_anonymous (f->fd, f->dirfd, f->base);
     if (r == 0) {
@@ -359,7 +368,7 @@ savefile_path (const struct savefile *f)
 void
 savefile_close (struct savefile *f)
 {
-  if (f->named && f->dirfd >= 0)
+  if (f->named && f->tmp && f->dirfd >= 0)
     unlinkat (f->dirfd, f->tmp, 0);
   if (f->fd >= 0)
     close (f->fd);            /* drops the OFD lock */

@@ -26,13 +26,14 @@ struct savefile {
   char *base;                 /* the final name (unique: rewritten) */
   char *tmp;                  /* the temporary name, when it has one */
   bool unique;                /* never replace; base holds SAVEFILE_RANDOM */
+  size_t random_at;           /* unique: where in base */
   bool named;                 /* tmp exists and is ours to remove */
   mode_t mode;
 };
 
 /* Opens a new, empty, locked file for path.  With unique, the last
- * SAVEFILE_RANDOM in path's file name is replaced by random digits at
- * commit, retried while the name exists.  Returns 0, or -1 with a
+ * SAVEFILE_RANDOM in path's file name is replaced by random hex digits
+ * (getrandom) at commit, retried while the name exists.  Returns 0, or -1 with a
  * one-line reason in err; f is then closed.
  */
 int savefile_open (struct savefile *f, const char *path, bool unique,
@@ -49,11 +50,6 @@ char *savefile_path (const struct savefile *f);
 
 /* Removes an uncommitted file, closes everything. */
 void savefile_close (struct savefile *f);
-
-/* Replaces every 'X' of the last SAVEFILE_RANDOM in s by random hex
- * digits (getrandom).  Returns 0, or -1 when s has no such run.
- */
-int savefile_randomize (char *s);
 
 /* Whether name is a temporary of ours for the target base. */
 bool savefile_is_temp_of (const char *name, const char *base);

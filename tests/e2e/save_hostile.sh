@@ -186,4 +186,116 @@ checkv "  the save itself went through" holds "$d/target.qcow2" "$SCRATCH/stale.
 stop_nb
 kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
 
+# ------------------------------- named temporaries (no O_TMPFILE) and locks
+note "--- where O_TMPFILE is unsupported: named temporaries, locked while in use"
+SHIM=$SCRATCH/shim.so
+checkv "the test shim builds" cc -shared -fPIC -Wall -Wextra -Werror -o "$SHIM" "$SRC/shim_savefile.c" -ldl
+NOTMP="LD_PRELOAD=$SHIM LUACOW_SHIM_NO_TMPFILE=1"
+# pause_ctl SOCK p|r: the pause filter below luacow holds (or releases)
+# every read from the plugin, so a save that needs one waits mid-way.
+pause_ctl () {
+  "$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode())
+print(s.recv(1).decode())' "$1" "$2"
+}
+temps () { find "$1" -maxdepth 1 -name '.target.qcow2.luacow-*.tmp' -user root -type f; }
+# held_save NAME DIR: an nbdkit whose save to DIR/target.qcow2 hangs
+# (reading the plugin) with its named temporary in DIR; sets HELD (the
+# temporary) and FLUSHER (the client waiting for the save).
+held_save () {
+  local ctl=$SCRATCH/$1.ctl
+  NB_CWD=$S NB_ENV=$NOTMP start_nb "$1" --filter=pause file "$BASE" pause-control="$ctl" \
+    luacow-script="$P/fault_checkpoint.lua" luacow-dir="$2"
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "p:5:1:1" "f" >/dev/null
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "p:cs+5:1:2" >/dev/null
+  HOLD_CTL=$ctl
+  [ "$(pause_ctl "$ctl" p)" = P ] || echo "# the pause filter did not pause"
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "f" >/dev/null 2>&1 &
+  FLUSHER=$!
+  HELD=
+  for _ in $(seq 1 400); do HELD=$(temps "$2"); [ -n "$HELD" ] && break; sleep 0.05; done
+}
+d=$S/held; mkdir -p "$d"
+held_save held "$d"
+A_PID=$NB_PID A_LOG=$NB_LOG
+checkv "a save without O_TMPFILE works under a temporary name (.target.qcow2.luacow-<random>.tmp)" \
+  bash -c "[ -n '$HELD' ] && [[ '${HELD##*/}' =~ ^\\.target\\.qcow2\\.luacow-[0-9a-f]{16}\\.tmp\$ ]]"
+# Meanwhile another nbdkit saves to the same target: its cleanup must
+# leave the live temporary alone.
+NB_CWD=$S start_nb held-other file "$BASE" luacow-script="$P/fault_checkpoint.lua" luacow-dir="$d"
+checkv "another nbdkit saves to the same target meanwhile" \
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "w:2*M:4096:4" "f"
+stop_nb
+checkv "  and leaves the live save's temporary alone (it is locked)" test -n "$HELD" -a -f "$HELD"
+NB_PID=$A_PID NB_LOG=$A_LOG
+pause_ctl "$HOLD_CTL" r >/dev/null
+wait "$FLUSHER"; rc=$?
+checkv "the held save completes once reads resume: its flush succeeds" test $rc = 0
+checkv "  the target passes qemu-img check" qcheck "$d/target.qcow2"
+checkv "  and no temporary is left" test -z "$(temps "$d")"
+stop_nb
+
+note "--- SIGKILL while a named temporary exists"
+d=$S/killed; mkdir -p "$d"
+held_save killed "$d"
+kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null; wait "$FLUSHER" 2>/dev/null
+checkv "a save killed mid-way leaves its temporary behind" test -n "$HELD" -a -f "$HELD"
+NB_CWD=$S start_nb killed-next file "$BASE" luacow-script="$P/fault_checkpoint.lua" luacow-dir="$d"
+client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --seen "$SCRATCH/killed.seen" "w:0:4096:6" "f" >/dev/null
+stop_nb
+checkv "the next save to that target removes it" test -z "$(temps "$d")"
+checkv "  and saves" holds "$d/target.qcow2" "$SCRATCH/killed.seen"
+
+note "--- a rescue without O_TMPFILE"
+d=$SCRATCH/rescue-named; mkdir -p "$d"
+NB_CWD=$d NB_ENV=$NOTMP start_nb rescue-named file "$BASE" luacow-script="$SCRATCH/fail.lua"
+client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --seen "$SCRATCH/rescue-named.seen" "w:0:9000:8" >/dev/null
+stop_nb
+r=$(ls "$d"/luacow-rescue-*.qcow2 2>/dev/null)
+checkv "the rescue file is the only file there, with a fresh name" \
+  bash -c "[[ '$(ls -A "$d" | tr '\n' ' ')' =~ ^$RESCUE_RE\ \$ ]]"
+checkv "  and holds every byte the client saw" holds "$r" "$SCRATCH/rescue-named.seen"
+
+# --------------------------------------------- colliding random names
+note "--- names that collide: retried, a bounded number of times"
+ZERO="LD_PRELOAD=$SHIM LUACOW_SHIM_ZERO_RANDOM"
+Z=0000000000000000
+for mode in anon named; do
+  d=$S/zero-$mode; mkdir -p "$d"; chmod 01777 "$d"
+  env=$ZERO=3; [ $mode = named ] && env="$env LUACOW_SHIM_NO_TMPFILE=1"
+  save_once "zero-$mode-first" "$d/target.qcow2"        # the target exists: a temporary is needed
+  as_other ln -s "$SCRATCH/victim" "$d/.target.qcow2.luacow-$Z.tmp"
+  NB_CWD=$S NB_ENV=$env start_nb "zero-$mode" file "$BASE" luacow-save="$d/target.qcow2"
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --seen "$SCRATCH/zero-$mode.seen" "w:0:4096:11" >/dev/null
+  stop_nb
+  checkv "$mode: the first three temporary names are taken: the save retries and succeeds" \
+    holds "$d/target.qcow2" "$SCRATCH/zero-$mode.seen"
+  checkv "  the planted link is still there, its target untouched" \
+    bash -c "[ -L '$d/.target.qcow2.luacow-$Z.tmp' ] && [ \$(sha256sum < '$SCRATCH/victim' | cut -d' ' -f1) = $vsum ]"
+  env=$ZERO=1000; [ $mode = named ] && env="$env LUACOW_SHIM_NO_TMPFILE=1"
+  old=$(sha "$d/target.qcow2")
+  NB_CWD=$S NB_ENV=$env start_nb "zero-$mode-always" file "$BASE" \
+    luacow-script="$P/fault_checkpoint.lua" luacow-dir="$d"
+  checkv "$mode: every name taken: the flush fails with EIO" \
+    client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "w:0:4096:12" "F"
+  checkv "  with a clear error" grep_log "luacow: flush event: save to $d/target.qcow2 failed: .*File exists"
+  checkv "  the target untouched, no temporary of ours left" \
+    bash -c "[ \$(sha256sum < '$d/target.qcow2' | cut -d' ' -f1) = $old ] && [ -z \"\$(find '$d' -name '.*.tmp' ! -type l)\" ]"
+  kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null   # (its exit save would fail too)
+done
+# Rescue names: the start directory holds 0666 files at the all-zero names
+# of this second and the next minute.
+d=$S/zero-rescue; mkdir -p "$d"; chmod 01777 "$d"
+NB_CWD=$d NB_ENV="$ZERO=3" start_nb zero-rescue file "$BASE" luacow-script="$SCRATCH/fail.lua"
+client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --seen "$SCRATCH/zero-rescue.seen" "w:0:4096:13" >/dev/null
+now=$(date +%s)
+as_other bash -c "for t in \$(seq $((now - 1)) $((now + 60))); do f='$d'/luacow-rescue-\$t-$NB_PID-$Z.qcow2; : > \$f; chmod 0666 \$f; done"
+stop_nb
+r=$(grep -oE "the overlay was saved to the rescue file .*" "$NB_LOG" | sed 's/.*rescue file //')
+checkv "planted all-zero rescue names: the rescue retries, in the start directory" \
+  bash -c "[[ '$r' =~ ^$d/$RESCUE_RE\$ ]] && [[ '$r' != *-$Z.qcow2 ]] || { echo 'rescue file: $r'; false; }"
+checkv "  root's, 0600, with the data" \
+  bash -c "[ \"\$(stat -c '%U %a' '$r')\" = 'root 600' ] && [ \$(find '$d' -user nobody -empty | wc -l) = 62 ]"
+[ -n "$r" ] && checkv "  every byte the client saw" holds "$r" "$SCRATCH/zero-rescue.seen"
+
 done_testing
