@@ -187,15 +187,20 @@ create_named (struct savefile *f)
         continue;
       return -1;
     }
+    /* A cleanup may have taken it for stale between create and lock: it
+     * holds a read lock (the lock fails) or removed it (the name is gone
+     * or another file's).  Where OFD locks are unsupported, nobody's
+     * cleanup can lock either, so going on without one is safe.
+     */
     struct stat mine, there;
-    int locked = ofd_lock (f->fd, F_WRLCK);
-    if ((locked == 0 || errno == EINVAL) && fstat (f->fd, &mine) == 0 &&
-        fstatat (f->dirfd, f->tmp, &there, AT_SYMLINK_NOFOLLOW) == 0 && same_file (&mine, &there)) {
+    bool contested = ofd_lock (f->fd, F_WRLCK) == -1 && (errno == EAGAIN || errno == EACCES);
+    bool still = fstat (f->fd, &mine) == 0 &&
+      fstatat (f->dirfd, f->tmp, &there, AT_SYMLINK_NOFOLLOW) == 0 && same_file (&mine, &there);
+    if (!contested && still) {
       f->named = true;
       return 0;
     }
-    /* Taken for stale by a cleanup between create and lock: again. */
-    close (f->fd);
+    close (f->fd);            /* the cleanup removes it */
     f->fd = -1;
   }
   errno = EEXIST;
@@ -349,6 +354,10 @@ savefile_commit (struct savefile *f, char *err, size_t errlen)
               strerror (errno));
     return -1;
   }
+  /* Named: no longer a temporary to protect, and a whole-file lock
+   * would make qemu's image locking refuse the file until we close it.
+   */
+  (void) ofd_lock (f->fd, F_UNLCK);
   if (fsync (f->dirfd) == -1) {
     snprintf (err, errlen, "fsync of %s: %s", f->dir, strerror (errno));
     return -1;                /* named already: the new file is in place */
