@@ -204,11 +204,13 @@ checkv "a save is mode 0600" test "$(mode_of "$d/umask0.qcow2")" = 600
   stop_nb
   printf 'return { name = function () error("x") end }\n' > "$d/fail.lua"
   NB_CWD=$d start_nb modes-rescue file "$BASE" luacow-script="$d/fail.lua"
-  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "w:0:10:1" >/dev/null
+  client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --seen "$d/rescue.seen" "w:0:10:1" >/dev/null
   stop_nb )
 checkv "a save is mode 0600 even under umask 000" test "$(mode_of "$d/umask000.qcow2")" = 600
 r=$(ls "$d"/luacow-rescue-*.qcow2 2>/dev/null | head -1)
 checkv "a rescue file is mode 0600 even under umask 000" bash -c "[ -n '$r' ] && [ \$(stat -c %a '$r') = 600 ]"
+checkv "  and holds the write" bash -c "cp '$r' '$d/rrb.qcow2' && qemu-img rebase -u -b '$BASE' -F raw '$d/rrb.qcow2' && \
+  qemu-img compare -q -f qcow2 -F raw '$d/rrb.qcow2' '$d/rescue.seen'"
 
 # ---------------------------------------------------- planted symlinks
 note "--- planted symlinks"

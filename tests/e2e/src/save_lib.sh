@@ -20,6 +20,7 @@
 #   failed_at_startup TEXT...   ... and did: non-zero, no client, one error line.
 #   one_error_line FILE TEXT... FILE is one nbdkit error line with every TEXT.
 #   at_exit CMD                 run CMD at exit (before SCRATCH is removed).
+#   RESCUE_RE                   an ERE for a rescue file's name.
 #
 # nbdkit runs with TMPDIR=$SCRATCH/tmp and in $SCRATCH unless NB_CWD says
 # otherwise, so overlay stores and rescue files never land in the tree.
