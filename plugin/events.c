@@ -13,6 +13,7 @@
 
 #include "clock.h"
 #include "events.h"
+#include "rescue.h"
 #include "save.h"
 
 static struct events_setup env;
@@ -168,44 +169,14 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
 }
 
 /* At exit, when the policy or its save failed: keep the data in a file
- * of our own.  Clusters of the overlay's block size first: every such
- * cluster is wholly data, zero or clean, so nothing is read from the
- * plugin, which may be what failed (or refuses reads while nbdkit shuts
- * down).  The policy's cluster size is the fallback for exports too large
- * for small clusters.
+ * of our own (rescue.h).
  */
 static void
 rescue (const char *why)
 {
-  struct ov_stats st;
-  overlay_stats (env.ov, &st);
-  if (st.data_blocks + st.zero_blocks == 0)
-    return;
-  const char *tmpdir = getenv ("TMPDIR");
-  const char *dirs[] = { env.cwd, tmpdir && *tmpdir ? tmpdir : "/var/tmp" };
-  const uint32_t sizes[] = { overlay_block_size (env.ov), env.cluster_size };
-  for (size_t i = 0; i < 2; ++i) {
-    for (size_t k = 0; k < 2; ++k) {
-      if (k == 1 && sizes[1] == sizes[0])
-        break;
-      struct policy_plan plan = { 0 };
-      struct save_result res;
-      char err[SAVE_ERRLEN];
-      if (asprintf (&plan.path, "%s/luacow-rescue-%ld-%ld.qcow2",
-                    strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
-                    (long) getpid ()) == -1)
-        continue;
-      int r = save_with ("exit", &plan, sizes[k], true, &res, err);
-      if (r == 0)
-        nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
-      else
-        nbdkit_error ("luacow: rescue save to %s failed: %s", plan.path, err);
-      free (plan.path);
-      if (r == 0)
-        return;
-    }
-  }
-  nbdkit_error ("luacow: %s; no rescue file could be written: the overlay is lost", why);
+  const struct rescue_setup rs = { .ov = env.ov, .lower = env.lower, .cwd = env.cwd,
+                                   .cluster_size = env.cluster_size };
+  (void) rescue_overlay (&rs, why);
 }
 
 /* Ask the policy and save.  Returns 0 (saved or not wanted), or -1. */

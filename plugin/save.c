@@ -1,18 +1,15 @@
 /* luacow: save the overlay as qcow2, see save.h. */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
 #include "clock.h"
 #include "save.h"
+#include "savefile.h"
 
 enum cluster_class { CL_NONE, CL_ZERO, CL_DATA };
 typedef int (*cluster_fn) (void *opaque, uint64_t cluster, enum cluster_class cls);
@@ -145,27 +142,14 @@ save_cluster (void *opaque, uint64_t cluster, enum cluster_class cls)
   return -1;
 }
 
-/* Give the finished anonymous file the temporary name tmp in dirfd. */
-static int
-link_tmpfile (int fd, int dirfd, const char *tmp)
-{
-  char proc[64];
-  snprintf (proc, sizeof proc, "/proc/self/fd/%d", fd);
-  if (linkat (AT_FDCWD, proc, dirfd, tmp, AT_SYMLINK_FOLLOW) == 0)
-    return 0;
-  return linkat (fd, "", dirfd, tmp, AT_EMPTY_PATH);
-}
-
 int
 save_overlay (struct overlay *ov, const struct ov_lower *lower,
               const struct save_request *req, struct save_result *res,
               char err[SAVE_ERRLEN])
 {
   double start = monotonic_seconds ();
-  int dirfd = -1, fd = -1, r = -1;
-  bool named = false;         /* the temporary file has a name to remove */
-  char *dir = NULL, *tmp = NULL;
-  const char *base = strrchr (req->path, '/');
+  int r = -1;
+  struct savefile f;
   struct qcow2_write_stats stats = { 0 };
   struct job j = { .ov = ov, .lower = lower, .req = req, .err = err,
                    .start = start, .last_report = start };
@@ -178,41 +162,10 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
   struct qcow2_err qerr;
 
   err[0] = '\0';
-  if (!base || base[1] == '\0') {
-    snprintf (err, SAVE_ERRLEN, "not a file path");
+  res->path = NULL;
+  if (savefile_open (&f, req->path, req->unique, err, SAVE_ERRLEN) == -1)
     return -1;
-  }
-  base++;
-  dir = base - 1 == req->path ? strdup ("/") : strndup (req->path, (size_t) (base - 1 - req->path));
-  if (!dir || asprintf (&tmp, ".%s.luacow-%ld-%ld.tmp", base, (long) getpid (),
-                        (long) (start * 1000)) == -1) {
-    tmp = NULL;
-    snprintf (err, SAVE_ERRLEN, "out of memory");
-    goto out;
-  }
-  dirfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dirfd == -1) {
-    snprintf (err, SAVE_ERRLEN, "cannot open directory %s: %s", dir, strerror (errno));
-    goto out;
-  }
-  /* An anonymous file vanishes by itself if we are killed mid-save; where
-   * O_TMPFILE is unsupported, a new name created exclusively (a planted
-   * symlink makes it fail, not redirect).
-   */
-  fd = openat (dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd == -1) {
-    fd = openat (dirfd, tmp, O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
-    named = fd >= 0;
-  }
-  if (fd == -1) {
-    snprintf (err, SAVE_ERRLEN, "cannot create a file in %s: %s", dir, strerror (errno));
-    goto out;
-  }
-  struct stat old;
-  if (fstatat (dirfd, base, &old, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG (old.st_mode))
-    (void) fchmod (fd, old.st_mode & 07777);   /* a replaced file keeps its mode */
-
-  j.w = qcow2_writer_new (fd, &opts, &qerr);
+  j.w = qcow2_writer_new (f.fd, &opts, &qerr);
   if (!j.w) {
     snprintf (err, SAVE_ERRLEN, "%s", qerr.msg);
     goto out;
@@ -231,25 +184,11 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
     snprintf (err, SAVE_ERRLEN, "%s", qerr.msg);
     goto out;
   }
-  if (fsync (fd) == -1) {
-    snprintf (err, SAVE_ERRLEN, "fsync: %s", strerror (errno));
+  if (savefile_commit (&f, err, SAVE_ERRLEN) == -1)
     goto out;
-  }
-  if (!named) {
-    if (link_tmpfile (fd, dirfd, tmp) == -1) {
-      snprintf (err, SAVE_ERRLEN, "cannot link the new file into %s: %s", dir, strerror (errno));
-      goto out;
-    }
-    named = true;
-  }
-  if (renameat (dirfd, tmp, dirfd, base) == -1) {
-    snprintf (err, SAVE_ERRLEN, "cannot rename the new file over %s: %s", req->path, strerror (errno));
+  if (req->unique && (res->path = savefile_path (&f)) == NULL) {
+    snprintf (err, SAVE_ERRLEN, "out of memory");
     goto out;
-  }
-  named = false;
-  if (fsync (dirfd) == -1) {
-    snprintf (err, SAVE_ERRLEN, "fsync of %s: %s", dir, strerror (errno));
-    goto out;                 /* renamed already: the new file is in place */
   }
   res->data_clusters = stats.data_clusters;
   res->zero_clusters = stats.zero_clusters;
@@ -257,16 +196,9 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
   res->seconds = monotonic_seconds () - start;
   r = 0;
  out:
-  if (named)
-    unlinkat (dirfd, tmp, 0);
   qcow2_writer_free (j.w);
   free (j.buf);
-  if (fd >= 0)
-    close (fd);
-  if (dirfd >= 0)
-    close (dirfd);
-  free (dir);
-  free (tmp);
+  savefile_close (&f);
   if (r == -1 && err[0] == '\0')
     snprintf (err, SAVE_ERRLEN, "save failed");
   return r;

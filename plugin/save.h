@@ -2,8 +2,8 @@
  *
  * The one place that joins the overlay and the qcow2 encoder: it walks the
  * overlay cluster by cluster (completing partly written clusters from the
- * layer below), streams them to an anonymous file in the target's
- * directory, fsyncs it and only then gives it the target's name.
+ * layer below) and streams them to a new file that savefile.h names only
+ * once it is complete and fsynced.
  */
 #ifndef LUACOW_SAVE_H
 #define LUACOW_SAVE_H
@@ -23,11 +23,14 @@ struct save_request {
   const char *backing_file;   /* NULL: none */
   const char *backing_format;
   bool backing_embed;         /* write the hint into the header */
+  bool unique;                /* path's name holds SAVEFILE_RANDOM: made a
+                                 fresh name, never replacing a file */
 };
 
 struct save_result {
   uint64_t data_clusters, zero_clusters, bytes;
   double seconds;
+  char *path;                 /* unique: the name used (malloc'd), else NULL */
 };
 
 /* What a save would write now: counts of data and zero clusters. */
@@ -35,7 +38,8 @@ void save_count (const struct overlay *ov, uint32_t cluster_size,
                  uint64_t *data_clusters, uint64_t *zero_clusters);
 
 /* Returns 0, or -1 with a one-line reason; the target is then untouched
- * and no temporary file is left.
+ * and no temporary file is left.  res->path is always set (NULL unless
+ * unique and saved).
  */
 int save_overlay (struct overlay *ov, const struct ov_lower *lower,
                   const struct save_request *req, struct save_result *res,

@@ -220,7 +220,7 @@ if [ -s "$SAVE" ] && run_nbdkit err2.sock "${ERR_ARGS[@]}" luacow-load="$SAVE" l
   check "error: the previous save is untouched" [ "$(sha256sum <"$SAVE")" = "$PREV" ]
   new=$(comm -13 <(echo "$before") <(ls -A "$SCRATCH"))
   echo "# new files: ${new:-none}"
-  if [[ $new =~ ^luacow-rescue-[0-9]+-[0-9]+\.qcow2$ ]]; then
+  if [[ $new =~ ^luacow-rescue-[0-9]+-[0-9]+-[0-9a-f]{16}\.qcow2$ ]]; then
     ok "error: exactly one new file, the rescue file $new"
     check "error: the log names the rescue file" grep -q "rescue file $SCRATCH/$new" "$SCRATCH/nbdkit.log"
     qemu-img rebase -u -b "$BASE" -F raw -f qcow2 "$SCRATCH/$new" &&

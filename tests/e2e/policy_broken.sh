@@ -104,8 +104,8 @@ rescued () {
   local rescue
   rescue=$(ls "$dir"/luacow-rescue-*-*.qcow2 2>/dev/null | head -1)
   checkv "$name: the log names the rescue file in the start directory" \
-    grep -qE "luacow: .*; the overlay was saved to the rescue file $dir/luacow-rescue-[0-9]+-[0-9]+\.qcow2$" "$NB_LOG"
-  checkv "$name: rescue file luacow-rescue-<time>-<pid>.qcow2 exists" test -n "$rescue"
+    grep -qE "luacow: .*; the overlay was saved to the rescue file $dir/$RESCUE_RE$" "$NB_LOG"
+  checkv "$name: rescue file luacow-rescue-<time>-<pid>-<random>.qcow2 exists" test -n "$rescue"
   [ -n "$rescue" ] || return
   checkv "$name: the rescue file passes qemu-img check" qcheck "$rescue"
   checkv "$name: the rescue file is mode 0600" test "$(mode_of "$rescue")" = 600

@@ -20,11 +20,14 @@
 #   failed_at_startup TEXT...   ... and did: non-zero, no client, one error line.
 #   one_error_line FILE TEXT... FILE is one nbdkit error line with every TEXT.
 #   at_exit CMD                 run CMD at exit (before SCRATCH is removed).
+#   RESCUE_RE                   an ERE for a rescue file's name.
 #
 # nbdkit runs with TMPDIR=$SCRATCH/tmp and in $SCRATCH unless NB_CWD says
 # otherwise, so overlay stores and rescue files never land in the tree.
 
 SRC=$TOP/tests/e2e/src
+# A rescue file's name (an ERE): luacow-rescue-<time>-<pid>-<random>.qcow2.
+RESCUE_RE='luacow-rescue-[0-9]+-[0-9]+-[0-9a-f]{16}\.qcow2'
 # nbdkit's overlay store and the rescue files' second choice stay in
 # SCRATCH; so does its working directory (the rescue files' first choice).
 export TMPDIR=$SCRATCH/tmp
