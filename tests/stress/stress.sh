@@ -10,6 +10,10 @@
 #   zeroes, trims, reads (checked at once), block status and flushes for
 #   SECONDS, each connection owning a rotating disjoint set of regions;
 #   a mid-run flush checkpoint is kept with its model;
+#   every other save (each to a file of its own) is checked to be a
+#   point-in-time image: the export after every request acknowledged
+#   before one instant of the save's window and none sent after it
+#   (tests/stress/cut.c, from the client's record of every request);
 #   SIGTERM -> the exit save; then each checkpoint is checked with
 #   qemu-img check, reloaded (luacow-load=) into a fresh nbdkit over the
 #   same base and compared byte for byte with its model.
@@ -137,7 +141,7 @@ trap cleanup EXIT
 echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, region $region, cluster ${cluster:-65536}, seed $seed, scratch $dir"
 
 # ---------------------------------------------------------------- build
-if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP/tests/stress/stress.c" \
+if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP"/tests/stress/{stress,record,cut}.c \
      $(pkg-config --cflags --libs libnbd 2>/dev/null || echo -lnbd) -lpthread >"$dir/cc.log" 2>&1; then
   ok "build the libnbd stress client"
 else
@@ -198,23 +202,30 @@ case $mode in
 esac
 
 cat >"$dir/policy.lua" <<'EOF'
--- Save on every event to one path; log each save (and touch last_save,
--- so the saved hook sees the previous checkpoint).  Reload luacow-load=
--- if given; compress as luacow-compress= says; clusters of luacow-cluster=
+-- Save on every event: the exit save to luacow-save=, the others each to
+-- a file of its own (PATH.N.qcow2, checked by the client's cut mode);
+-- log each save with its path and ctx.now (touching last_save, so the
+-- saved hook sees the previous checkpoint).  Reload luacow-load= if
+-- given; compress as luacow-compress= says; clusters of luacow-cluster=
 -- bytes (default 64 KiB).
+local n = 0
 return {
   events = { "flush", "interval" },
   interval = 1,
   cluster_size = function (disk) return disk.params.cluster or 65536 end,
   load = function (disk) return disk.params.load end,
   save = function (ctx) return true end,
-  name = function (ctx) return ctx.params.save end,
+  name = function (ctx)
+    if ctx.event == "exit" then return ctx.params.save end
+    n = n + 1
+    return string.format("%s.%d.qcow2", ctx.params.save, n)
+  end,
   compress = function (ctx) return ctx.params.compress or false end,
   saved = function (ctx, r)
     local f = assert(io.open(ctx.params.log, "a"))
-    f:write(string.format("%s %d %d %.3f %s\n", ctx.event, r.data_clusters,
+    f:write(string.format("%s %d %d %.3f %s %s %.6f\n", ctx.event, r.data_clusters,
                           r.zero_clusters, r.seconds,
-                          ctx.last_save and ctx.last_save.path or "-"))
+                          ctx.last_save and ctx.last_save.path or "-", r.path, ctx.now))
     f:close()
   end,
 }
@@ -304,6 +315,26 @@ check_ckpt () {
   exit_ok "reload-$name"
 }
 
+# cut_check WHAT SAVELOG HISTORY [INITIAL]: every save but the exit save
+# is a point-in-time image: the export after every request acknowledged
+# before one instant of the save's window and none sent after it
+# (tests/stress/cut.c).  Saves that pass are deleted.
+cut_check () {
+  local what=$1 log=$2 history=$3 initial=${4:-} out summary
+  out=$dir/cut-${what// /-}.log
+  client -C "$history" -l "$log" -D "$dir" ${initial:+-I "$initial"} \
+    $([ "$keep" = 1 ] && echo -Q) >"$out" 2>&1
+  local crc=$? checked
+  summary=$(grep '^cut: ' "$out")
+  checked=$(sed -n 's/^cut: \([0-9]*\) saves checked.*/\1/p' "$out")
+  if [ "$crc" -eq 0 ] && [ "${checked:-0}" -ge 1 ]; then
+    ok "$what: every save taken under load is a point-in-time image of the acknowledged requests (${summary#cut: })"
+  else
+    not_ok "$what: every save taken under load is a point-in-time image of the acknowledged requests (exit status $crc; ${summary:-no summary})"
+    grep -v '^cut: ' "$out" | head -40 | sed 's/^\([^#]\)/# \1/'
+  fi
+}
+
 # round R SECONDS [LOAD MODEL COMPRESS]: one stress run, from the base
 # (round 1) or from the previous round's reloaded checkpoint, then its
 # final and mid-run checkpoints checked.
@@ -322,8 +353,8 @@ round () {
   fi
   ok "$what: start nbdkit with the filter (pid $PID)"
   client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + r))" -R "$region" \
-    -F "$flush_one_in" -o "$dir/final$r.model" -m "$dir/mid$r" -p "$ckpt" \
-    ${initial:+-I "$initial"} >"$dir/client$r.log" 2>&1
+    -F "$flush_one_in" -o "$dir/final$r.model" -l "$dir/saves$r.log" -H "$dir/history$r" \
+    -m "$dir/mid$r" ${initial:+-I "$initial"} >"$dir/client$r.log" 2>&1
   local crc=$?
   if [ "$crc" -eq 0 ]; then
     ok "round $r: $conns connections of random I/O for $t s, every read and the read-back match the model"
@@ -346,6 +377,7 @@ round () {
   fi
   awk '{ n++; t += $4; if ($4 > m) m = $4 } END { if (n) printf "# %d saves, %.3f s mean, %.3f s max\n", n, t / n, m }' \
     "$dir/saves$r.log" 2>/dev/null
+  cut_check "round $r" "$dir/saves$r.log" "$dir/history$r" "$initial"
   check_ckpt "final$r" "$ckpt" "$dir/final$r.model"
   # Under valgrind or ASan, reloading is checked with the final checkpoint
   # already: the mid-run one is reloaded without valgrind or without the
@@ -374,7 +406,8 @@ kill_round () {
   fi
   ok "kill round: start nbdkit with the filter (pid $PID)"
   client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + 99))" -R "$region" \
-    -F "$flush_one_in" -o "$dir/kill.model" -k "$k" -K "$PID" >"$dir/client-kill.log" 2>&1
+    -F "$flush_one_in" -o "$dir/kill.model" -l "$dir/saves-kill.log" -H "$dir/history-kill" \
+    -k "$k" -K "$PID" >"$dir/client-kill.log" 2>&1
   local crc=$?
   if [ "$crc" -eq 0 ]; then
     ok "kill round: SIGTERM after $k s with $conns connections busy; every read before matched"
@@ -390,6 +423,7 @@ kill_round () {
   else
     not_ok "kill round: the exit save ran"; comment <"$dir/nbdkit-stress-kill.log" | tail -20
   fi
+  cut_check "kill round" "$dir/saves-kill.log" "$dir/history-kill"
   check_ckpt kill "$ckpt" "$dir/kill.model" "$dir/kill.model.pending"
 }
 
