@@ -39,7 +39,7 @@
 #   --conns N         [STRESS_CONNS]        default 8
 #   --size BYTES      [STRESS_SIZE]         default 16 MiB + 1536 (4 MiB + 1536 under valgrind)
 #   --rate OPS/S      [STRESS_RATE]         total cap, default none (300 under valgrind)
-#   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 1000
+#   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 2000
 #   --seed N          [STRESS_SEED]         default: time
 #   --region BYTES    [STRESS_REGION]       unit of ownership, default 37965 (not a
 #                                           multiple of 4 KiB: owners share blocks)
@@ -57,9 +57,11 @@
 #   --keep            [STRESS_KEEP=1]       keep the scratch directory
 # Also: LUACOW_FILTER (the filter to test, default plugin/nbdkit-luacow-filter.so;
 # --mode asan builds its own from STRESS_SRC, default this tree),
-# STRESS_TMPDIR (scratch location; default /dev/shm when it has 1 GiB free
-# and the machine 2 GiB available, so that the saves' fsyncs do not
-# dominate, else TMPDIR or /tmp).
+# STRESS_TMPDIR (scratch location; default /dev/shm when it has 4 GiB free
+# and the machine 6 GiB available, so that the saves' fsyncs do not
+# dominate, else TMPDIR or /tmp).  Every save of a round is kept until
+# the round's cut check: up to SIZE bytes per save, about 10 saves a
+# second of the round.
 #
 # The export size is a multiple of 512 but not of 4096, so the last overlay
 # block and the last qcow2 cluster are short.  Prints TAP; exits non-zero
@@ -72,7 +74,7 @@ mode=${STRESS_MODE:-plain}
 conns=${STRESS_CONNS:-8}
 size=${STRESS_SIZE:-}
 rate=${STRESS_RATE:-}
-flush_one_in=${STRESS_FLUSH_ONE_IN:-1000}
+flush_one_in=${STRESS_FLUSH_ONE_IN:-2000}
 seed=${STRESS_SEED:-}
 region=${STRESS_REGION:-37965}
 rounds=${STRESS_ROUNDS:-2}
@@ -122,7 +124,7 @@ base=${STRESS_TMPDIR:-}
 if [ -z "$base" ]; then
   shm_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
   avail_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo 2>/dev/null)
-  if [ -w /dev/shm ] && [ "${shm_kib:-0}" -ge 1048576 ] && [ "${avail_kib:-0}" -ge 2097152 ]; then
+  if [ -w /dev/shm ] && [ "${shm_kib:-0}" -ge 4194304 ] && [ "${avail_kib:-0}" -ge 6291456 ]; then
     base=/dev/shm
   else
     base=${TMPDIR:-/tmp}
