@@ -274,7 +274,8 @@ check_save (const char *path, int64_t L, int64_t U, size_t *ptr, const char *dir
   sw.w = malloc ((nops - *ptr + 1) * sizeof *sw.w);
   sw.ev = malloc (2 * (nops - *ptr + 1) * sizeof *sw.ev);
   sw.inq = calloc (nops - *ptr + 1, sizeof *sw.inq);
-  if (!sw.w || !sw.ev || !sw.inq) { printf ("# out of memory\n"); return -1; }
+  int rc = -1;
+  if (!sw.w || !sw.ev || !sw.inq) { printf ("# out of memory\n"); goto out; }
   for (size_t j = *ptr; j < nops; ++j) {
     const struct op_rec *r = &ops[j];
     if (r->s >= U) continue;
@@ -287,7 +288,7 @@ check_save (const char *path, int64_t L, int64_t U, size_t *ptr, const char *dir
   *inflight = sw.nw;
   size_t best = 0; uint64_t best_bad; int64_t lo = 0, hi = 0;
   size_t cuts = sweep (&sw, L, SIZE_MAX, &best, &best_bad, &lo, &hi);
-  int rc = 0;
+  rc = 0;
   if (cuts == 0) {
     printf ("# NOT A CUT: %s: no instant in its window (%.3f ms, %zu requests) explains it; "
             "at best %" PRIu64 " bytes unexplained\n", path,
@@ -295,6 +296,7 @@ check_save (const char *path, int64_t L, int64_t U, size_t *ptr, const char *dir
     explain (&sw, L, U, best);
     rc = 1;
   }
+ out:
   free (sw.w); free (sw.ev); free (sw.inq);
   return rc;
 }

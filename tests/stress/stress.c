@@ -78,7 +78,7 @@
 #include "history.h"
 
 #define MAX_CONNS 64
-#define MAX_OP (256 * 1024)
+#define MAX_OP ((uint64_t) 256 * 1024)
 
 static const char *sock_path, *model_path, *mid_prefix, *initial_path;
 static const char *log_path, *hist_path;
@@ -357,7 +357,7 @@ worker (void *arg)
 
   for (;;) {
     if (atomic_load (&fatal) || now () >= phase_deadline) {
-      if (pthread_barrier_wait (&barrier) == PTHREAD_BARRIER_SERIAL_THREAD)
+      if (pthread_barrier_wait (&barrier) == PTHREAD_BARRIER_SERIAL_THREAD) // NOLINT(bugprone-posix-return): it is -1
         boundary (id);
       pthread_barrier_wait (&barrier);
       if (stop)
@@ -662,7 +662,7 @@ main (int argc, char **argv)
   phase_deadline = t_start + phase_ms / 1000.0;
   pthread_t th[MAX_CONNS], kt;
   for (unsigned i = 0; i < nconn; ++i)
-    pthread_create (&th[i], NULL, worker, (void *) (uintptr_t) i);
+    pthread_create (&th[i], NULL, worker, (void *) (uintptr_t) i);  // NOLINT(performance-no-int-to-ptr)
   if (kill_pid > 0)
     pthread_create (&kt, NULL, killer, NULL);
   for (unsigned i = 0; i < nconn; ++i)
@@ -673,11 +673,11 @@ main (int argc, char **argv)
 
   uint64_t total = 0;
   for (int i = 0; i < OP_NTYPES; ++i) total += op_count[i];
-  printf ("# %" PRIu64 " ops in %.2f s: %.0f ops/s (", total, el, total / el);
+  printf ("# %" PRIu64 " ops in %.2f s: %.0f ops/s (", total, el, (double) total / el);
   for (int i = 0; i < OP_NTYPES; ++i)
     printf ("%s%s %" PRIu64, i ? ", " : "", op_names[i], (uint64_t) op_count[i]);
   printf ("); %.1f MiB written, %.1f MiB read, %u phases\n",
-          bytes_written / 1048576.0, bytes_read / 1048576.0, phase);
+          (double) bytes_written / 1048576.0, (double) bytes_read / 1048576.0, phase);
 
   int rc = 0;
   if (log_path && record_finish (hist_path, size, nconn) == -1)
