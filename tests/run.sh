@@ -10,7 +10,7 @@
 # waiting on nbdkit, qemu-img and the disk); results print in a fixed order.
 # TESTS=substring runs only the matching programs.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export LUACOW_TOP=$PWD
 jobs=${TEST_JOBS:-2}
 only=${TESTS:-}

@@ -17,7 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 export PATH=/usr/bin:$PATH
 cd "$SCRATCH" || exit 1             # rescue files, if any, land here
-K=1024 M=$((1024 * 1024))
+M=$((1024 * 1024))
 [ -x "$FILTER" ] || { fail "filter built at $FILTER"; done_testing; exit; }
 
 # mirror FILE OFF LEN BYTE: what a write of LEN bytes of BYTE at OFF does.

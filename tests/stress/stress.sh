@@ -322,10 +322,10 @@ check_ckpt () {
 # before one instant of the save's window and none sent after it
 # (tests/stress/cut.c).  Saves that pass are deleted.
 cut_check () {
-  local what=$1 log=$2 history=$3 initial=${4:-} out summary
+  local what=$1 log=$2 history=$3 initial=${4:-} out summary kf=()
   out=$dir/cut-${what// /-}.log
-  client -C "$history" -l "$log" -D "$dir" ${initial:+-I "$initial"} \
-    $([ "$keep" = 1 ] && echo -Q) >"$out" 2>&1
+  [ "$keep" = 1 ] && kf=(-Q)
+  client -C "$history" -l "$log" -D "$dir" ${initial:+-I "$initial"} "${kf[@]}" >"$out" 2>&1
   local crc=$? checked
   summary=$(grep '^cut: ' "$out")
   checked=$(sed -n 's/^cut: \([0-9]*\) saves checked.*/\1/p' "$out")
