@@ -362,7 +362,7 @@ cut_main (const char *hist_path, const char *log_path, const char *initial_path,
     }
   }
   fclose (f);
-  printf ("cut: %zu saves checked (%zu with requests in their window, %zu seen only after the run), "
+  printf ("cut: %zu saves checked (%zu with requests in their window, %zu logged after the client stopped watching), "
           "%zu not a point-in-time image, %zu could not be checked\n",
           checked, loaded, unseen, bad, errs);
   return bad || errs ? 1 : 0;
