@@ -18,6 +18,10 @@
  * acknowledged before T" (D).  T is a cut when the differing bytes all
  * lie in requests in flight at T, and each such request's bytes all hold
  * its data.  Exact: no time threshold, no sampling.
+ *
+ * Checked once against a filter built with events_write_begin/end emptied
+ * (no write gate): about two saves in three under load failed here, while
+ * every other check of stress.sh passed.
  */
 #include <errno.h>
 #include <fcntl.h>
