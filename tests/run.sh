@@ -10,7 +10,7 @@
 # waiting on nbdkit, qemu-img and the disk); results print in a fixed order.
 # TESTS=substring runs only the matching programs.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export LUACOW_TOP=$PWD
 jobs=${TEST_JOBS:-2}
 only=${TESTS:-}
@@ -29,6 +29,8 @@ for t in tests/e2e/stress_short.sh tests/e2e/lint.sh tests/e2e/*.sh; do
   case " ${names[*]-} " in *" e2e/${t##*/} "*) continue ;; esac
   add "e2e/${t##*/}" "$t"
 done
+# Regression tests of bugs found by the stress test, as reproduced then.
+for t in tests/stress/repro/*.sh; do [ -x "$t" ] && add "repro/${t##*/}" "$t"; done
 for t in tests/unit/bin/test_*; do [ -x "$t" ] && add "unit/${t##*/}" "$t"; done
 add "spec (busted)" busted --lua=lua5.4 -o TAP tests/spec
 

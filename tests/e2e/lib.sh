@@ -15,6 +15,19 @@ done_testing () { echo "1..$_tap_n"; [ "$_tap_failed" -eq 0 ]; }
 
 # pass_fail_to_tap NAME FILE: a helper program's "PASS what" / "FAIL what"
 # lines become TAP, other lines comments; TAP_LINES says how many results.
+# no_crash: TAP line "no nbdkit crashed": every nbdkit stop_nbdkit
+# stopped exited 0 and the log has no crash report.
+no_crash () {
+  local bad
+  bad=$(tr ' ' '\n' <<<"$NBDKIT_STATUSES" | grep -vx 0 | paste -sd' ')
+  if [ -z "$bad" ] && ! grep -qiE 'assert|segfault|sanitizer|double free|core dumped' "$SCRATCH/nbdkit.log"; then
+    ok "no nbdkit crashed: exit statuses ${NBDKIT_STATUSES:-none} and no crash report in the log"
+  else
+    fail "no nbdkit crashed: exit statuses ${NBDKIT_STATUSES:-none}, non-zero: ${bad:-none}"
+    tail -20 "$SCRATCH/nbdkit.log" | sed 's/^/# /'
+  fi
+}
+
 pass_fail_to_tap () {
   local name=$1 file=$2 line
   TAP_LINES=0
@@ -52,10 +65,14 @@ run_nbdkit () {
 }
 
 # stop_nbdkit: SIGTERM and wait, so .cleanup (the exit save) runs.
+# Returns nbdkit's exit status and appends it to NBDKIT_STATUSES (for
+# crash checks: above 128 is a signal, 134 SIGABRT, 139 SIGSEGV).
+NBDKIT_STATUSES=
 stop_nbdkit () {
   kill -TERM "$NBDKIT_PID" 2>/dev/null
   wait "$NBDKIT_PID"
   local rc=$? keep=() p
+  NBDKIT_STATUSES+="${NBDKIT_STATUSES:+ }$rc"
   for p in "${_pids[@]}"; do [ "$p" = "$NBDKIT_PID" ] || keep+=("$p"); done
   _pids=("${keep[@]}")      # reaped: never signal a reused pid at exit
   return $rc

@@ -20,6 +20,12 @@ check () {
   local what=$1 out; shift
   if out=$("$@" 2>&1); then ok "$what"; else not_ok "$what"; printf '%s\n' "$out" | sed 's/^/# /'; fi
 }
+# step DESCRIPTION COMMAND...: a build step, no test: a failure is one,
+# a success prints nothing.
+step () {
+  local what=$1 out; shift
+  if ! out=$("$@" 2>&1); then not_ok "$what"; printf '%s\n' "$out" | sed 's/^/# /'; fi
+}
 # finish: the plan line, and the exit status.
 finish () {
   echo "1..$n"
@@ -36,11 +42,11 @@ check "luarocks lint $rockspec" luarocks lint "$rockspec"
 
 # A copy of the tree without .git or build products.
 mkdir -p "$src"
-check "copy the tree to $src" \
+step "copy the tree to $src" \
   bash -c 'tar -C "$1" --exclude=./.git --exclude="*.o" --exclude="*.so" --exclude=./plugin/gen -cf - . \
            | tar -C "$2" -xf -' _ "$top" "$src"
 
-check "luarocks make installs luacow into a private tree" \
+step "luarocks make installs luacow into a private tree" \
   bash -c 'cd "$1" && luarocks --lua-version=5.4 --tree="$2" make "$3"' _ "$src" "$tree" "$rockspec"
 if [ ! -f "$tree/share/lua/5.4/luacow.lua" ] || [ ! -f "$tree/lib/lua/5.4/luacow/core.so" ]; then
   not_ok "the tree has share/lua/5.4/luacow.lua and lib/lua/5.4/luacow/core.so"

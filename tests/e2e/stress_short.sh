@@ -10,8 +10,9 @@
 #   asan      the filter rebuilt with clang -fsanitize=address,undefined
 # The three modes run side by side (most of their time is fixed-length
 # runs and valgrind's start-up); their TAP lines are then printed mode by
-# mode, renumbered into this script's.  A mode whose tools are missing is
-# skipped.  About 50 s on 2 cores.
+# mode, renumbered into this script's.  A mode whose tools are missing
+# fails.  Every save taken under load is checked to be a point-in-time
+# image (tests/stress/cut.c).  About 50 s on 2 cores.
 . "$(dirname "$0")/lib.sh"
 secs=${STRESS_SHORT_SECONDS:-5}
 stress=$TOP/tests/stress/stress.sh

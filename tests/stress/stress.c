@@ -1,9 +1,10 @@
 /* luacow stress client (libnbd).
  *
  *   stress -s SOCK -o MODEL [-t SECONDS] [-c CONNS] [-r OPS/S] [-S SEED]
- *          [-R REGION] [-P PHASE_MS] [-F FLUSH_ONE_IN] [-m MIDPREFIX -p SAVEPATH]
- *          [-I INITIAL_MODEL] [-k KILL_AFTER -K NBDKIT_PID]
+ *          [-R REGION] [-P PHASE_MS] [-F FLUSH_ONE_IN] [-l SAVELOG [-m MIDPREFIX]
+ *          [-H HISTORY]] [-I INITIAL_MODEL] [-k KILL_AFTER -K NBDKIT_PID]
  *   stress -V -s SOCK -i MODEL [-A PENDING]
+ *   stress -C HISTORY -l SAVELOG -D DIR [-I INITIAL_MODEL] [-Q]
  *
  * Stress mode: CONNS connections (one thread each) do random unaligned
  * writes, zeroes, trims, reads, block-status queries and flushes for
@@ -20,9 +21,17 @@
  * default as nbdkit's pattern plugin (each 8-byte word holds its own
  * offset, big endian); this is checked before the run.
  *
- * With -m/-p, at the first phase boundary after half of the time, while
+ * SAVELOG is the policy's log of saves: its saved hook appends one line
+ * per save, "EVENT DATA ZERO SECONDS LAST PATH NOW" (NOW: ctx.now, "%.6f").
+ * A thread reads it every millisecond and notes when each line was first
+ * seen.  With -H, every write, zero and trim is recorded with the times
+ * it was sent and acknowledged (history.h); at the end the record, the
+ * times the log lines were seen and the clock offset go to HISTORY, for
+ * the check below.
+ *
+ * With -m, at the first phase boundary after half of the time, while
  * every connection is idle, one connection flushes (which makes the
- * filter save to SAVEPATH), then SAVEPATH is hard-linked to
+ * filter save), then the file the log names last is hard-linked to
  * MIDPREFIX.qcow2 and the model written to MIDPREFIX.model: a mid-run
  * checkpoint to check later.
  *
@@ -40,6 +49,13 @@
  * Verify mode reads the whole export and compares it with MODEL; with
  * -A PENDING, a byte inside a pending request may also equal the
  * request's outcome.
+ *
+ * Cut mode (cut.c) checks that every save of SAVELOG but the exit save is
+ * a point-in-time image of the export: the state after every request
+ * acknowledged before one instant inside the save's window and none sent
+ * after it.  It reads the saves with qemu-img over nbdkit's pattern (in
+ * DIR) and, unless -Q, deletes those that pass.  INITIAL_MODEL is what
+ * the export held before the run (default: the pattern).
  *
  * Output: "# ..." comment lines; exit status 0 when everything matched.
  */
@@ -59,10 +75,13 @@
 
 #include <libnbd.h>
 
-#define MAX_CONNS 64
-#define MAX_OP (256 * 1024)
+#include "history.h"
 
-static const char *sock_path, *model_path, *mid_prefix, *save_path, *initial_path;
+#define MAX_CONNS 64
+#define MAX_OP ((uint64_t) 256 * 1024)
+
+static const char *sock_path, *model_path, *mid_prefix, *initial_path;
+static const char *log_path, *hist_path;
 static double kill_after;
 static long kill_pid;
 static atomic_bool killed;
@@ -115,15 +134,6 @@ static uint64_t
 below (uint64_t *s, uint64_t n)
 {
   return n ? rnd (s) % n : 0;
-}
-
-static void
-pattern_fill (unsigned char *p, uint64_t off, uint64_t len)
-{
-  for (uint64_t i = 0; i < len; ++i) {
-    uint64_t o = off + i, word = o & ~(uint64_t) 7;
-    p[i] = (unsigned char) (word >> (8 * (7 - (o & 7))));
-  }
 }
 
 static int
@@ -252,6 +262,18 @@ fail_op (unsigned id, const char *what, uint64_t off, uint64_t len)
   atomic_store (&fatal, true);
 }
 
+/* Record a request that changes the export, sent at ts (history.h);
+ * called as soon as it returned.
+ */
+static void
+note (unsigned id, int64_t ts, bool acked, uint64_t off, uint64_t len, unsigned kind,
+      uint64_t dseed)
+{
+  int64_t ta = acked ? clock_ns (CLOCK_MONOTONIC) : NEVER;
+  if (record (id, ts, ta, off, len, kind, dseed) == -1)
+    atomic_store (&fatal, true);
+}
+
 /* A request failed.  After the kill that is expected: a write, zero or
  * trim (data NULL: zeroes) becomes pending; true when it was the kill.
  */
@@ -292,17 +314,21 @@ static void
 boundary (unsigned id)
 {
   double t = now ();
-  if (mid_prefix && save_path && !mid_done && t - t_start >= (t_end - t_start) / 2
+  if (mid_prefix && log_path && !mid_done && t - t_start >= (t_end - t_start) / 2
       && !atomic_load (&fatal)) {
     mid_done = true;
     if (nbd_flush (handles[id], 0) == -1)
       fail_op (id, "mid-run flush", 0, 0);
     else {
-      char p[4096];
+      /* The flush's saved hook has logged it; any later save is of this
+       * state too, every connection being idle.
+       */
+      char p[4096], saved[4096];
+      last_saved (saved);
       snprintf (p, sizeof p, "%s.qcow2", mid_prefix);
       unlink (p);
-      if (link (save_path, p) == -1) {
-        printf ("# link %s -> %s: %s\n", save_path, p, strerror (errno));
+      if (link (saved, p) == -1) {
+        printf ("# link %s -> %s: %s\n", saved, p, strerror (errno));
         atomic_store (&fatal, true);
       }
       snprintf (p, sizeof p, "%s.model", mid_prefix);
@@ -331,7 +357,7 @@ worker (void *arg)
 
   for (;;) {
     if (atomic_load (&fatal) || now () >= phase_deadline) {
-      if (pthread_barrier_wait (&barrier) == PTHREAD_BARRIER_SERIAL_THREAD)
+      if (pthread_barrier_wait (&barrier) == PTHREAD_BARRIER_SERIAL_THREAD) // NOLINT(bugprone-posix-return): it is -1
         boundary (id);
       pthread_barrier_wait (&barrier);
       if (stop)
@@ -365,18 +391,18 @@ worker (void *arg)
 
     switch (op) {
     case OP_WRITE: {
-      unsigned kind = (unsigned) below (&s, 10);
-      if (kind == 0) memset (buf, 0, len);               /* zeroes as data */
-      else if (kind == 1) pattern_fill (buf, off, len);  /* same as below */
-      else
-        for (uint64_t i = 0; i < len; i += 8) {
-          uint64_t v = rnd (&s);
-          memcpy (buf + i, &v, len - i < 8 ? len - i : 8);
-        }
+      unsigned kind = (unsigned) below (&s, 10), hk = H_RANDOM;
+      uint64_t dseed = 0;
+      if (kind == 0) { memset (buf, 0, len); hk = H_ZERO; }               /* zeroes as data */
+      else if (kind == 1) { pattern_fill (buf, off, len); hk = H_PATTERN; } /* same as below */
+      else { dseed = rnd (&s); random_fill (buf, len, dseed); }
+      int64_t ts = clock_ns (CLOCK_MONOTONIC);
       if (nbd_pwrite (h, buf, len, off, fua) == -1) {
+        note (id, ts, false, off, len, hk, dseed);
         if (!after_kill (id, off, len, buf, true)) fail_op (id, "pwrite", off, len);
         break;
       }
+      note (id, ts, true, off, len, hk, dseed);
       memcpy (model + off, buf, len);
       atomic_fetch_add (&bytes_written, len);
       break;
@@ -385,21 +411,28 @@ worker (void *arg)
       uint32_t f = fua;
       if (below (&s, 3) == 0) f |= LIBNBD_CMD_FLAG_NO_HOLE;
       else if (can_fast_zero && below (&s, 3) == 0) f |= LIBNBD_CMD_FLAG_FAST_ZERO;
+      int64_t ts = clock_ns (CLOCK_MONOTONIC);
       if (nbd_zero (h, len, off, f) == -1) {
+        note (id, ts, false, off, len, H_ZERO, 0);
         if (!after_kill (id, off, len, NULL, true)) fail_op (id, "zero", off, len);
         break;
       }
+      note (id, ts, true, off, len, H_ZERO, 0);
       memset (model + off, 0, len);
       break;
     }
-    case OP_TRIM:
+    case OP_TRIM: {
       /* The filter documents that a trimmed range reads as zeroes. */
+      int64_t ts = clock_ns (CLOCK_MONOTONIC);
       if (nbd_trim (h, len, off, fua) == -1) {
+        note (id, ts, false, off, len, H_ZERO, 0);
         if (!after_kill (id, off, len, NULL, true)) fail_op (id, "trim", off, len);
         break;
       }
+      note (id, ts, true, off, len, H_ZERO, 0);
       memset (model + off, 0, len);
       break;
+    }
     case OP_READ:
       if (nbd_pread (h, rbuf, len, off, 0) == -1) {
         if (!after_kill (id, off, len, NULL, false)) fail_op (id, "pread", off, len);
@@ -542,21 +575,22 @@ static void
 usage (void)
 {
   fprintf (stderr, "usage: stress -s SOCK -o MODEL [-t S] [-c N] [-r OPS] [-S SEED] "
-           "[-R REGION] [-P MS] [-F N] [-m PREFIX -p SAVEPATH] [-I MODEL]\n"
+           "[-R REGION] [-P MS] [-F N] [-l SAVELOG [-m PREFIX] [-H HISTORY]] [-I MODEL]\n"
            "       [-k KILL_AFTER -K NBDKIT_PID]\n"
-           "       stress -V -s SOCK -i MODEL [-A PENDING]\n");
+           "       stress -V -s SOCK -i MODEL [-A PENDING]\n"
+           "       stress -C HISTORY -l SAVELOG -D DIR [-I MODEL] [-Q]\n");
   exit (2);
 }
 
 int
 main (int argc, char **argv)
 {
-  const char *in = NULL;
-  bool verify_mode = false;
+  const char *in = NULL, *cut_hist = NULL, *cut_dir = NULL;
+  bool verify_mode = false, keep = false;
   int c;
   seed = (uint64_t) time (NULL);
   setvbuf (stdout, NULL, _IOLBF, 0);
-  while ((c = getopt (argc, argv, "s:o:t:c:r:S:R:P:F:m:p:Vi:I:k:K:A:")) != -1)
+  while ((c = getopt (argc, argv, "s:o:t:c:r:S:R:P:F:m:l:H:Vi:I:k:K:A:C:D:Q")) != -1)
     switch (c) {
     case 's': sock_path = optarg; break;
     case 'o': model_path = optarg; break;
@@ -568,7 +602,11 @@ main (int argc, char **argv)
     case 'P': phase_ms = (unsigned) atoi (optarg); break;
     case 'F': flush_one_in = (unsigned) atoi (optarg); break;
     case 'm': mid_prefix = optarg; break;
-    case 'p': save_path = optarg; break;
+    case 'l': log_path = optarg; break;
+    case 'H': hist_path = optarg; break;
+    case 'C': cut_hist = optarg; break;
+    case 'D': cut_dir = optarg; break;
+    case 'Q': keep = true; break;
     case 'V': verify_mode = true; break;
     case 'i': in = optarg; break;
     case 'I': initial_path = optarg; break;
@@ -577,11 +615,14 @@ main (int argc, char **argv)
     case 'A': pending_path = optarg; break;
     default: usage ();
     }
+  if (cut_hist)
+    return log_path && cut_dir ? cut_main (cut_hist, log_path, initial_path, cut_dir, keep)
+                               : (usage (), 2);
   if (!sock_path) usage ();
   if (verify_mode)
     return in ? verify (in) : (usage (), 2);
   if (!model_path || nconn < 1 || nconn > MAX_CONNS || region < 1 || phase_ms < 1 ||
-      (kill_after > 0) != (kill_pid > 0))
+      (kill_after > 0) != (kill_pid > 0) || ((mid_prefix || hist_path) && !log_path))
     usage ();
 
   double tc = now ();
@@ -614,13 +655,14 @@ main (int argc, char **argv)
   }
   printf ("# connecting took %.2f s, the initial read of the export %.2f s\n", tc, now () - t);
 
+  if (log_path && record_start (log_path) == -1) { perror ("pthread_create"); return 1; }
   pthread_barrier_init (&barrier, NULL, nconn);
   t_start = now ();
   t_end = t_start + seconds;
   phase_deadline = t_start + phase_ms / 1000.0;
   pthread_t th[MAX_CONNS], kt;
   for (unsigned i = 0; i < nconn; ++i)
-    pthread_create (&th[i], NULL, worker, (void *) (uintptr_t) i);
+    pthread_create (&th[i], NULL, worker, (void *) (uintptr_t) i);  // NOLINT(performance-no-int-to-ptr)
   if (kill_pid > 0)
     pthread_create (&kt, NULL, killer, NULL);
   for (unsigned i = 0; i < nconn; ++i)
@@ -631,13 +673,15 @@ main (int argc, char **argv)
 
   uint64_t total = 0;
   for (int i = 0; i < OP_NTYPES; ++i) total += op_count[i];
-  printf ("# %" PRIu64 " ops in %.2f s: %.0f ops/s (", total, el, total / el);
+  printf ("# %" PRIu64 " ops in %.2f s: %.0f ops/s (", total, el, (double) total / el);
   for (int i = 0; i < OP_NTYPES; ++i)
     printf ("%s%s %" PRIu64, i ? ", " : "", op_names[i], (uint64_t) op_count[i]);
   printf ("); %.1f MiB written, %.1f MiB read, %u phases\n",
-          bytes_written / 1048576.0, bytes_read / 1048576.0, phase);
+          (double) bytes_written / 1048576.0, (double) bytes_read / 1048576.0, phase);
 
   int rc = 0;
+  if (log_path && record_finish (hist_path, size, nconn) == -1)
+    rc = 1;
   if (kill_pid > 0) {
     /* nbdkit is gone: no read-back; the model and what was in flight. */
     char p[4096];

@@ -10,6 +10,10 @@
 #   zeroes, trims, reads (checked at once), block status and flushes for
 #   SECONDS, each connection owning a rotating disjoint set of regions;
 #   a mid-run flush checkpoint is kept with its model;
+#   every other save (each to a file of its own) is checked to be a
+#   point-in-time image: the export after every request acknowledged
+#   before one instant of the save's window and none sent after it
+#   (tests/stress/cut.c, from the client's record of every request);
 #   SIGTERM -> the exit save; then each checkpoint is checked with
 #   qemu-img check, reloaded (luacow-load=) into a fresh nbdkit over the
 #   same base and compared byte for byte with its model.
@@ -35,7 +39,7 @@
 #   --conns N         [STRESS_CONNS]        default 8
 #   --size BYTES      [STRESS_SIZE]         default 16 MiB + 1536 (4 MiB + 1536 under valgrind)
 #   --rate OPS/S      [STRESS_RATE]         total cap, default none (300 under valgrind)
-#   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 1000
+#   --flush-one-in N  [STRESS_FLUSH_ONE_IN] a request is a flush with odds 1/N, default 2000
 #   --seed N          [STRESS_SEED]         default: time
 #   --region BYTES    [STRESS_REGION]       unit of ownership, default 37965 (not a
 #                                           multiple of 4 KiB: owners share blocks)
@@ -53,9 +57,11 @@
 #   --keep            [STRESS_KEEP=1]       keep the scratch directory
 # Also: LUACOW_FILTER (the filter to test, default plugin/nbdkit-luacow-filter.so;
 # --mode asan builds its own from STRESS_SRC, default this tree),
-# STRESS_TMPDIR (scratch location; default /dev/shm when it has 1 GiB free
-# and the machine 2 GiB available, so that the saves' fsyncs do not
-# dominate, else TMPDIR or /tmp).
+# STRESS_TMPDIR (scratch location; default /dev/shm when it has 4 GiB free
+# and the machine 6 GiB available, so that the saves' fsyncs do not
+# dominate, else TMPDIR or /tmp).  Every save of a round is kept until
+# the round's cut check: up to SIZE bytes per save, about 10 saves a
+# second of the round.
 #
 # The export size is a multiple of 512 but not of 4096, so the last overlay
 # block and the last qcow2 cluster are short.  Prints TAP; exits non-zero
@@ -68,7 +74,7 @@ mode=${STRESS_MODE:-plain}
 conns=${STRESS_CONNS:-8}
 size=${STRESS_SIZE:-}
 rate=${STRESS_RATE:-}
-flush_one_in=${STRESS_FLUSH_ONE_IN:-1000}
+flush_one_in=${STRESS_FLUSH_ONE_IN:-2000}
 seed=${STRESS_SEED:-}
 region=${STRESS_REGION:-37965}
 rounds=${STRESS_ROUNDS:-2}
@@ -118,7 +124,7 @@ base=${STRESS_TMPDIR:-}
 if [ -z "$base" ]; then
   shm_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
   avail_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo 2>/dev/null)
-  if [ -w /dev/shm ] && [ "${shm_kib:-0}" -ge 1048576 ] && [ "${avail_kib:-0}" -ge 2097152 ]; then
+  if [ -w /dev/shm ] && [ "${shm_kib:-0}" -ge 4194304 ] && [ "${avail_kib:-0}" -ge 6291456 ]; then
     base=/dev/shm
   else
     base=${TMPDIR:-/tmp}
@@ -137,9 +143,9 @@ trap cleanup EXIT
 echo "# mode $mode, $secs s, $conns connections, size $size, rate ${rate/#0/unlimited}, flush 1/$flush_one_in, region $region, cluster ${cluster:-65536}, seed $seed, scratch $dir"
 
 # ---------------------------------------------------------------- build
-if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP/tests/stress/stress.c" \
+if cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$dir/stress" "$TOP"/tests/stress/{stress,record,cut}.c \
      $(pkg-config --cflags --libs libnbd 2>/dev/null || echo -lnbd) -lpthread >"$dir/cc.log" 2>&1; then
-  ok "build the libnbd stress client"
+  :   # building is no test: a failure is one
 else
   not_ok "build the libnbd stress client"; comment <"$dir/cc.log"; finish
 fi
@@ -177,7 +183,7 @@ case $mode in
     if make -s -j2 -C "$dir/tree" CC=clang CFLAGS="-O1 -g -Wno-error" \
          SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
          plugin/nbdkit-luacow-filter.so >>"$dir/build.log" 2>&1; then
-      ok "build the filter with clang -fsanitize=address,undefined"
+      echo "# built the filter with clang -fsanitize=address,undefined"
     else
       not_ok "build the filter with clang -fsanitize=address,undefined"; tail -30 "$dir/build.log" | comment; finish
     fi
@@ -198,23 +204,30 @@ case $mode in
 esac
 
 cat >"$dir/policy.lua" <<'EOF'
--- Save on every event to one path; log each save (and touch last_save,
--- so the saved hook sees the previous checkpoint).  Reload luacow-load=
--- if given; compress as luacow-compress= says; clusters of luacow-cluster=
+-- Save on every event: the exit save to luacow-save=, the others each to
+-- a file of its own (PATH.N.qcow2, checked by the client's cut mode);
+-- log each save with its path and ctx.now (touching last_save, so the
+-- saved hook sees the previous checkpoint).  Reload luacow-load= if
+-- given; compress as luacow-compress= says; clusters of luacow-cluster=
 -- bytes (default 64 KiB).
+local n = 0
 return {
   events = { "flush", "interval" },
   interval = 1,
   cluster_size = function (disk) return disk.params.cluster or 65536 end,
   load = function (disk) return disk.params.load end,
   save = function (ctx) return true end,
-  name = function (ctx) return ctx.params.save end,
+  name = function (ctx)
+    if ctx.event == "exit" then return ctx.params.save end
+    n = n + 1
+    return string.format("%s.%d.qcow2", ctx.params.save, n)
+  end,
   compress = function (ctx) return ctx.params.compress or false end,
   saved = function (ctx, r)
     local f = assert(io.open(ctx.params.log, "a"))
-    f:write(string.format("%s %d %d %.3f %s\n", ctx.event, r.data_clusters,
+    f:write(string.format("%s %d %d %.3f %s %s %.6f\n", ctx.event, r.data_clusters,
                           r.zero_clusters, r.seconds,
-                          ctx.last_save and ctx.last_save.path or "-"))
+                          ctx.last_save and ctx.last_save.path or "-", r.path, ctx.now))
     f:close()
   end,
 }
@@ -304,6 +317,26 @@ check_ckpt () {
   exit_ok "reload-$name"
 }
 
+# cut_check WHAT SAVELOG HISTORY [INITIAL]: every save but the exit save
+# is a point-in-time image: the export after every request acknowledged
+# before one instant of the save's window and none sent after it
+# (tests/stress/cut.c).  Saves that pass are deleted.
+cut_check () {
+  local what=$1 log=$2 history=$3 initial=${4:-} out summary kf=()
+  out=$dir/cut-${what// /-}.log
+  [ "$keep" = 1 ] && kf=(-Q)
+  client -C "$history" -l "$log" -D "$dir" ${initial:+-I "$initial"} "${kf[@]}" >"$out" 2>&1
+  local crc=$? checked
+  summary=$(grep '^cut: ' "$out")
+  checked=$(sed -n 's/^cut: \([0-9]*\) saves checked.*/\1/p' "$out")
+  if [ "$crc" -eq 0 ] && [ "${checked:-0}" -ge 1 ]; then
+    ok "$what: every save taken under load is a point-in-time image of the acknowledged requests (${summary#cut: })"
+  else
+    not_ok "$what: every save taken under load is a point-in-time image of the acknowledged requests (exit status $crc; ${summary:-no summary})"
+    grep -v '^cut: ' "$out" | head -40 | sed 's/^\([^#]\)/# \1/'
+  fi
+}
+
 # round R SECONDS [LOAD MODEL COMPRESS]: one stress run, from the base
 # (round 1) or from the previous round's reloaded checkpoint, then its
 # final and mid-run checkpoints checked.
@@ -320,10 +353,10 @@ round () {
   if ! start "stress$r" "$dir/sock" "${args[@]}"; then
     not_ok "$what: start nbdkit with the filter"; return 1
   fi
-  ok "$what: start nbdkit with the filter (pid $PID)"
+  echo "# $what: nbdkit with the filter started (pid $PID)"
   client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + r))" -R "$region" \
-    -F "$flush_one_in" -o "$dir/final$r.model" -m "$dir/mid$r" -p "$ckpt" \
-    ${initial:+-I "$initial"} >"$dir/client$r.log" 2>&1
+    -F "$flush_one_in" -o "$dir/final$r.model" -l "$dir/saves$r.log" -H "$dir/history$r" \
+    -m "$dir/mid$r" ${initial:+-I "$initial"} >"$dir/client$r.log" 2>&1
   local crc=$?
   if [ "$crc" -eq 0 ]; then
     ok "round $r: $conns connections of random I/O for $t s, every read and the read-back match the model"
@@ -346,6 +379,7 @@ round () {
   fi
   awk '{ n++; t += $4; if ($4 > m) m = $4 } END { if (n) printf "# %d saves, %.3f s mean, %.3f s max\n", n, t / n, m }' \
     "$dir/saves$r.log" 2>/dev/null
+  cut_check "round $r" "$dir/saves$r.log" "$dir/history$r" "$initial"
   check_ckpt "final$r" "$ckpt" "$dir/final$r.model"
   # Under valgrind or ASan, reloading is checked with the final checkpoint
   # already: the mid-run one is reloaded without valgrind or without the
@@ -372,9 +406,10 @@ kill_round () {
   if [ "$started" -ne 0 ]; then
     not_ok "kill round: start nbdkit with the filter"; return 1
   fi
-  ok "kill round: start nbdkit with the filter (pid $PID)"
+  echo "# kill round: nbdkit with the filter started (pid $PID)"
   client -s "$dir/sock" -t "$t" -c "$conns" -r "$rate" -S "$((seed + 99))" -R "$region" \
-    -F "$flush_one_in" -o "$dir/kill.model" -k "$k" -K "$PID" >"$dir/client-kill.log" 2>&1
+    -F "$flush_one_in" -o "$dir/kill.model" -l "$dir/saves-kill.log" -H "$dir/history-kill" \
+    -k "$k" -K "$PID" >"$dir/client-kill.log" 2>&1
   local crc=$?
   if [ "$crc" -eq 0 ]; then
     ok "kill round: SIGTERM after $k s with $conns connections busy; every read before matched"
@@ -390,6 +425,7 @@ kill_round () {
   else
     not_ok "kill round: the exit save ran"; comment <"$dir/nbdkit-stress-kill.log" | tail -20
   fi
+  cut_check "kill round" "$dir/saves-kill.log" "$dir/history-kill"
   check_ckpt kill "$ckpt" "$dir/kill.model" "$dir/kill.model.pending"
 }
 
