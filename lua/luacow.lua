@@ -280,14 +280,17 @@ function M.size (v)
   error('luacow.size: expected a byte count such as 65536, "64K" or "1M", got ' .. show(v), 2)
 end
 
--- One value for describe: no metamethod is called (rawequal/next, and
--- string.format on strings and numbers only).
+-- One value for describe.  No metamethod is called, and the functions
+-- used are taken now: a policy that replaces string.format or next still
+-- gets its values traced.
+local sformat, sgsub, mtype, tconcat, rawnext, rawtype = string.format, string.gsub,
+  math.type, table.concat, next, type
 local function describe_value (v)
-  local t = type(v)
+  local t = rawtype(v)
   if t == "string" then
-    return (string.format("%q", v):gsub("\\\n", "\\n"))
+    return (sgsub(sformat("%q", v), "\\\n", "\\n"))
   elseif t == "number" then
-    return math.type(v) == "integer" and string.format("%d", v) or string.format("%.14g", v)
+    return mtype(v) == "integer" and sformat("%d", v) or sformat("%.14g", v)
   elseif t == "boolean" then
     return v and "true" or "false"
   end
@@ -300,15 +303,16 @@ end
 -- @param v any value
 -- @treturn string
 function M.describe (v)
-  if type(v) ~= "table" then return describe_value(v) end
-  local parts, k, x = {}, next(v)
+  if rawtype(v) ~= "table" then return describe_value(v) end
+  local parts, n, k, x = {}, 0, rawnext(v)
   while k ~= nil do
-    if #parts == 8 then parts[#parts + 1] = "..." break end
-    local key = type(k) == "string" and k .. "=" or ""
-    parts[#parts + 1] = key .. (type(x) == "table" and "{...}" or describe_value(x))
-    k, x = next(v, k)
+    n = n + 1
+    if n > 8 then parts[n] = "..." break end
+    local key = rawtype(k) == "string" and k .. "=" or ""
+    parts[n] = key .. (rawtype(x) == "table" and "{...}" or describe_value(x))
+    k, x = rawnext(v, k)
   end
-  return "{" .. table.concat(parts, ", ") .. "}"
+  return "{" .. tconcat(parts, ", ") .. "}"
 end
 
 local function format_value (v)
