@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,8 +152,9 @@ on_panic (lua_State *L)
 static void
 pin_filter (void)
 {
+  static const char anchor;   /* any address inside the filter */
   Dl_info info;
-  if (dladdr ((void *) (uintptr_t) &pin_filter, &info) && info.dli_fname)
+  if (dladdr (&anchor, &info) && info.dli_fname)
     (void) dlopen (info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
@@ -370,8 +370,10 @@ void *
 lua_host_arg (lua_State *L)
 {
   struct lua_host *h = host_of (L);
-  if (h->entered || h->current == NULL)
+  if (h->entered || h->current == NULL) {
     luaL_error (L, "a host function cannot be called from a policy");
+    return NULL;
+  }
   h->entered = true;
   return h->current->arg;
 }

@@ -298,23 +298,28 @@ pop_string (lua_State *L, struct job *j, const char *what, char **out)
   lua_pop (L, 1);
 }
 
+static unsigned
+event_bit (const char *e)
+{
+  if (strcmp (e, "flush") == 0)
+    return EVENT_FLUSH;
+  if (strcmp (e, "close") == 0)
+    return EVENT_CLOSE;
+  return strcmp (e, "interval") == 0 ? EVENT_INTERVAL : 0;
+}
+
 /* [-1, +0] events: a list of "flush", "close", "interval". */
 static void
 take_events (lua_State *L, struct job *j)
 {
-  static const char *const names[] = { "flush", "close", "interval" };
-  static const unsigned bits[] = { EVENT_FLUSH, EVENT_CLOSE, EVENT_INTERVAL };
   luaL_checktype (L, -1, LUA_TTABLE);
   lua_Integer n = (lua_Integer) lua_rawlen (L, -1);
   for (lua_Integer i = 1; i <= n; ++i) {
     lua_rawgeti (L, -1, i);
-    const char *e = lua_type (L, -1) == LUA_TSTRING ? lua_tostring (L, -1) : "";
-    size_t k = 0;
-    while (k < 3 && strcmp (e, names[k]) != 0)
-      k++;
-    if (k == 3)
+    unsigned bit = lua_type (L, -1) == LUA_TSTRING ? event_bit (lua_tostring (L, -1)) : 0;
+    if (!bit)
       luaL_error (L, "events must be a list of \"flush\", \"close\" and \"interval\"");
-    j->mask |= bits[k];
+    j->mask |= bit;
     lua_pop (L, 1);
   }
   lua_pop (L, 1);
