@@ -634,6 +634,12 @@ describe("luacow.core", function ()
     assert.equal(2, errno)
     assert.error_matches(function () core.mtime({}) end, "string expected, got table", 1, true)
   end)
+
+  it("refuses a path with a NUL byte instead of cutting it short", function ()
+    H.touch(dir .. "/f")
+    assert.error_matches(function () core.mtime(dir .. "/f\0/x") end, "path contains a NUL byte", 1, true)
+    assert.error_matches(function () core.glob(dir .. "/*\0/x") end, "path contains a NUL byte", 1, true)
+  end)
 end)
 
 describe("luacow.latest and luacow.keep", function ()
