@@ -125,6 +125,13 @@ end }' "flush event: policy.lua: save: the hook did not return within 3 s" \
   checkv "[$MODE] execute-exit: the blocking call still runs after nbdkit exited" test -n "$sleeper"
   [ -n "$sleeper" ] && kill $sleeper
   stuck_flush_then_term
+  local tag2=95.$RANDOM
+  echo "os.execute('sleep $tag2') return {}" > "$SCRATCH/$MODE-stuck-startup.lua"
+  startup_fails "$MODE-stuck-startup" null size=1M luacow-script="$SCRATCH/$MODE-stuck-startup.lua" luacow-hook-seconds=1
+  checkv "[$MODE] a script that blocks at startup: nbdkit stops with one line" \
+    failed_at_startup "$MODE-stuck-startup.lua: script: the hook did not return within 3 s"
+  sleeper=$(pgrep -f "^sleep $tag2\$")
+  [ -n "$sleeper" ] && kill $sleeper
 
   note "--- [$MODE] item 3: no way to native code or to exit"
   hostile loadlib f rescued 'return { save = function (ctx)
