@@ -75,6 +75,14 @@ local function fail (msg)
   error(msg, 0)
 end
 
+-- A path-like result: a non-empty string without NUL bytes (the file
+-- system would cut it at the first one).  Returns nil or the reason.
+local function bad_path (v)
+  if type(v) ~= "string" or v == "" then return "" end
+  if v:find("\0", 1, true) then return " without NUL bytes" end
+  return nil
+end
+
 local function levenshtein (a, b)
   local prev = {}
   for j = 0, #b do prev[j] = j end
@@ -134,8 +142,9 @@ end
 
 function check.load (v)
   if v == nil or v == false then return nil end
-  if type(v) == "string" and v ~= "" then return v end
-  fail("load must be nil, false or a path (non-empty string), got " .. show(v))
+  local why = bad_path(v)
+  if not why then return v end
+  fail("load must be nil, false or a path (non-empty string" .. why .. "), got " .. show(v))
 end
 
 function check.journal (v)
@@ -184,15 +193,16 @@ end
 
 function check.name (v)
   if v == nil or v == false then return nil end
-  if type(v) == "string" and v ~= "" then return v end
-  fail("name must be nil or a path (non-empty string), got " .. show(v))
+  local why = bad_path(v)
+  if not why then return v end
+  fail("name must be nil or a path (non-empty string" .. why .. "), got " .. show(v))
 end
 
 local BACKING_KEYS = { file = true, format = true, embed = true }
 
 function check.backing (v)
   if v == nil or v == false then return nil end
-  if type(v) == "string" and v ~= "" then
+  if type(v) == "string" and not bad_path(v) then
     return { file = v, format = "raw", embed = false }
   end
   if type(v) ~= "table" then
@@ -207,12 +217,13 @@ function check.backing (v)
     fail("backing must be {file=, format=, embed=}, got unknown key " .. table.concat(keys, ", "))
   end
   local file, format, embed = v.file, v.format, v.embed
-  if type(file) ~= "string" or file == "" then
-    fail("backing.file must be a path (non-empty string), got " .. show(file))
+  local why = bad_path(file)
+  if why then
+    fail("backing.file must be a path (non-empty string" .. why .. "), got " .. show(file))
   end
   if format == nil then
     format = "raw"
-  elseif type(format) ~= "string" or format == "" then
+  elseif bad_path(format) then
     fail('backing.format must be a non-empty string such as "raw" or "qcow2", got ' .. show(format))
   end
   if embed == nil then
@@ -278,6 +289,41 @@ function M.size (v)
   local n = parse_size(v)
   if n then return n end
   error('luacow.size: expected a byte count such as 65536, "64K" or "1M", got ' .. show(v), 2)
+end
+
+-- One value for describe.  No metamethod is called, and the functions
+-- used are taken now: a policy that replaces string.format or next still
+-- gets its values traced.
+local sformat, sgsub, mtype, tconcat, rawnext, rawtype = string.format, string.gsub,
+  math.type, table.concat, next, type
+local function describe_value (v)
+  local t = rawtype(v)
+  if t == "string" then
+    return (sgsub(sformat("%q", v), "\\\n", "\\n"))
+  elseif t == "number" then
+    return mtype(v) == "integer" and sformat("%d", v) or sformat("%.14g", v)
+  elseif t == "boolean" then
+    return v and "true" or "false"
+  end
+  return t
+end
+
+--- A one-line rendering of a value, for the filter's `-D luacow.lua=1`
+-- trace: strings quoted, tables one level deep (`{file="a", embed=true}`,
+-- at most 8 entries), other values by type.  Never calls a metamethod.
+-- @param v any value
+-- @treturn string
+function M.describe (v)
+  if rawtype(v) ~= "table" then return describe_value(v) end
+  local parts, n, k, x = {}, 0, rawnext(v)
+  while k ~= nil do
+    n = n + 1
+    if n > 8 then parts[n] = "..." break end
+    local key = rawtype(k) == "string" and k .. "=" or ""
+    parts[n] = key .. (rawtype(x) == "table" and "{...}" or describe_value(x))
+    k, x = rawnext(v, k)
+  end
+  return "{" .. tconcat(parts, ", ") .. "}"
 end
 
 local function format_value (v)

@@ -328,7 +328,10 @@ build_overlay (uint64_t size, const struct ov_lower *lower)
     log_recovery (journal_path, &rec);
     struct policy_recovered pr = { journal_path, rec.blocks, rec.bytes, rec.flushed,
                                    rec.seconds };
-    policy_set_recovered (policy, &pr);
+    if (policy_set_recovered (policy, &pr, err) == -1) {
+      nbdkit_error ("luacow: %s", err);
+      return -1;
+    }
     return 0;
   }
   return loaded_path ? reload (lower) : 0;

@@ -55,11 +55,22 @@ glob_error (int rc)
   }
 }
 
+/* The path argument at arg; a NUL byte inside would cut it short. */
+static const char *
+check_path (lua_State *L, int arg)
+{
+  size_t len;
+  const char *path = luaL_checklstring (L, arg, &len);
+  if (strlen (path) != len)
+    luaL_argerror (L, arg, "path contains a NUL byte");
+  return path;
+}
+
 /* glob(pattern) -> sorted array of paths | nil, message */
 static int
 core_glob (lua_State *L)
 {
-  const char *pattern = luaL_checkstring (L, 1);
+  const char *pattern = check_path (L, 1);
   struct glob_box *b = lua_newuserdatauv (L, sizeof *b, 0);
   int rc;
   size_t i;
@@ -93,7 +104,7 @@ core_glob (lua_State *L)
 static int
 core_mtime (lua_State *L)
 {
-  const char *path = luaL_checkstring (L, 1);
+  const char *path = check_path (L, 1);
   struct stat st;
 
   if (stat (path, &st) == -1) {

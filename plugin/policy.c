@@ -1,131 +1,445 @@
-/* luacow: the Lua policy host, see policy.h.
+/* luacow: the policy, see policy.h.
  *
- * Validation and defaults live in the luacow Lua library (lua/luacow.lua,
- * compiled in): the host only calls luacow.policy(t) once and
- * luacow.evaluate(P, field, ...) for each value, and turns the normalized
- * results into C values.
+ * Each public function reads as marshal, call, validate: it copies what
+ * the hook gets into a job the Lua host owns if the hook never returns,
+ * and runs a body on the host (lua_host.h: protected, on a thread of its
+ * own, under the budget) that builds the Lua arguments, calls
+ * luacow.evaluate(P, field, ...) and checks the result into C values.
+ * Defaults and the user-facing checks live in the luacow Lua library
+ * (lua/luacow.lua, compiled in); the bodies check types again, since a
+ * policy can reach the library's tables.  The host's own tables are
+ * written and read raw: a metatable set by the policy is never called.
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
-#include <lualib.h>
 
 #include <nbdkit-filter.h>
 
 #include "luacow_core.h"
 #include "luacow_lua.h"
+#include "lua_host.h"
+#include "lua_sandbox.h"
 #include "policy.h"
 
 /* -D luacow.lua=1 traces every hook call and its result. */
 NBDKIT_DLL_PUBLIC int luacow_debug_lua = 0;
 
-#define MEMORY_LIMIT (256u << 20)   /* a policy has no business with more */
-#define HOOK_EVERY 1000             /* instructions between budget checks */
+_Static_assert (POLICY_ERRLEN == HOST_ERRLEN, "one error buffer size");
+
+#define CLUSTER_MIN 512
+#define CLUSTER_MAX 2097152
 
 struct policy {
-  lua_State *L;
-  pthread_mutex_t lock;
+  struct lua_host *host;
   char *name;                 /* "policy.lua" or "default policy" */
   char *chunk;                /* "@policy.lua": prefix of positioned errors */
   char *cwd;
-  double budget;
-  struct timespec deadline;
-  const char *field;          /* hook being run, for the budget message */
-  int evaluate_ref, policy_ref, disk_ref, traceback_ref;
-  size_t mem_used;
+  int evaluate_ref, policy_ref, disk_ref, describe_ref;   /* registry */
 };
 
-static struct policy *
-host_of (lua_State *L)
+/* A policy whose host was kept (a hook never returned) is kept too. */
+static struct policy *kept_policy;
+
+/* One call: its inputs copied, its outputs C values. */
+struct job {
+  struct policy *p;
+  const char *field;
+  int nargs;                  /* 1: disk or ctx; 2: ctx, result */
+  bool with_ctx;
+  struct policy_ctx ctx;      /* its strings are the job's own: */
+  char *event, *loaded, *last_save_path, *result_path;
+  char *script;               /* startup: disk.script */
+  struct policy_result res;
+  uint64_t size;              /* cluster_size: disk.size */
+  char *src;                  /* startup: the script */
+  size_t src_len;
+  const struct policy_param *params;
+  size_t nparams;
+  /* results */
+  bool yes, embed;
+  unsigned mask;
+  double number;
+  lua_Integer integer;
+  char *str, *file, *format;
+  struct policy_recovered rec;  /* recovered: its journal is str */
+};
+
+static void
+job_release (void *v)
 {
-  return *(struct policy **) lua_getextraspace (L);
+  struct job *j = v;
+  if (!j)
+    return;
+  free (j->event);
+  free (j->loaded);
+  free (j->last_save_path);
+  free (j->result_path);
+  free (j->src);
+  free (j->script);
+  free (j->str);
+  free (j->file);
+  free (j->format);
+  free (j);
 }
 
-/* ---------------------------------------------------------------- guards */
-
-static void *
-capped_alloc (void *ud, void *ptr, size_t osize, size_t nsize)
+static char *
+dup_or_null (const char *s, bool *ok)
 {
-  struct policy *p = ud;
-  if (ptr == NULL)
-    osize = 0;
-  if (nsize == 0) {
-    free (ptr);
-    p->mem_used -= osize;
+  char *d = s ? strdup (s) : NULL;
+  if (s && !d)
+    *ok = false;
+  return d;
+}
+
+/* A job for field; ctx and res (may be NULL) are copied. */
+static struct job *
+job_new (struct policy *p, const char *field, const struct policy_ctx *ctx,
+         const struct policy_result *res)
+{
+  struct job *j = calloc (1, sizeof *j);
+  if (!j)
+    return NULL;
+  bool ok = true;
+  j->p = p;
+  j->field = field;
+  if (ctx) {
+    j->with_ctx = true;
+    j->nargs = res ? 2 : 1;
+    j->ctx = *ctx;
+    j->ctx.event = j->event = dup_or_null (ctx->event, &ok);
+    j->ctx.loaded = j->loaded = dup_or_null (ctx->loaded, &ok);
+    j->ctx.last_save_path = j->last_save_path = dup_or_null (ctx->last_save_path, &ok);
+  }
+  if (res) {
+    j->res = *res;
+    j->res.path = j->result_path = dup_or_null (res->path, &ok);
+  }
+  if (!ok) {
+    job_release (j);
     return NULL;
   }
-  if (nsize > osize && p->mem_used - osize + nsize > MEMORY_LIMIT)
-    return NULL;              /* Lua raises "not enough memory" */
-  void *n = realloc (ptr, nsize);
-  if (n)
-    p->mem_used = p->mem_used - osize + nsize;
-  return n;
+  return j;
 }
 
-static bool
-past_deadline (const struct policy *p)
+/* Run body for *j; when the hook never returned, *j is the host's now. */
+static int
+run_job (struct policy *p, struct job **j, lua_CFunction body, char err[POLICY_ERRLEN])
 {
-  struct timespec now;
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return now.tv_sec > p->deadline.tv_sec ||
-    (now.tv_sec == p->deadline.tv_sec && now.tv_nsec > p->deadline.tv_nsec);
+  int s = lua_host_run (p->host, (*j)->field, body, *j, job_release, err);
+  if (s == HOST_ABANDONED)
+    *j = NULL;
+  return s == HOST_OK ? 0 : -1;
 }
 
-/* Count hook: a hook that loops forever gets an error at its own line. */
+/* ------------------------------------------------------------- marshal */
+
+/* [-0, +0] t[key] = value, raw (t is an absolute index). */
 static void
-budget_hook (lua_State *L, lua_Debug *ar)
+set_string (lua_State *L, int t, const char *key, const char *value)
 {
-  (void) ar;
-  struct policy *p = host_of (L);
-  if (!past_deadline (p))
-    return;
-  lua_sethook (L, budget_hook, LUA_MASKCOUNT, 1);  /* fire again if caught */
-  luaL_where (L, 0);          /* level 0 in a hook: the looping function */
-  char budget[32];
-  snprintf (budget, sizeof budget, "%g", p->budget);
-  lua_pushfstring (L, "%s: hook exceeded its time budget (%s s)", p->field, budget);
-  lua_concat (L, 2);
-  lua_error (L);
+  lua_pushstring (L, key);
+  lua_pushstring (L, value);
+  lua_rawset (L, t);
 }
 
+/* [-0, +0] t[key] = value, raw. */
 static void
-arm_budget (struct policy *p, const char *field)
+set_integer (lua_State *L, int t, const char *key, uint64_t value)
 {
-  p->field = field;
-  clock_gettime (CLOCK_MONOTONIC, &p->deadline);
-  double whole = (double) (long) p->budget;
-  p->deadline.tv_sec += (time_t) whole;
-  p->deadline.tv_nsec += (long) ((p->budget - whole) * 1e9);
-  if (p->deadline.tv_nsec >= 1000000000L) {
-    p->deadline.tv_sec++;
-    p->deadline.tv_nsec -= 1000000000L;
+  lua_pushstring (L, key);
+  lua_pushinteger (L, (lua_Integer) value);
+  lua_rawset (L, t);
+}
+
+/* [-0, +0] t[key] = value, raw. */
+static void
+set_number (lua_State *L, int t, const char *key, double value)
+{
+  lua_pushstring (L, key);
+  lua_pushnumber (L, value);
+  lua_rawset (L, t);
+}
+
+/* [-0, +1] pushes the registry value ref. */
+static void
+push_ref (lua_State *L, int ref)
+{
+  lua_rawgeti (L, LUA_REGISTRYINDEX, ref);
+}
+
+/* [-0, +1] pushes a new disk table: params, cwd, script. */
+static void
+push_new_disk (lua_State *L, const struct job *j, const char *script)
+{
+  lua_newtable (L);
+  int disk = lua_gettop (L);
+  lua_newtable (L);
+  for (size_t i = 0; i < j->nparams; ++i)
+    set_string (L, disk + 1, j->params[i].name, j->params[i].value);
+  lua_setfield (L, disk, "params");
+  set_string (L, disk, "cwd", j->p->cwd);
+  if (script)
+    set_string (L, disk, "script", script);
+}
+
+/* [-0, +1] pushes ctx: a fresh table with disk's fields plus the event's. */
+static void
+push_ctx (lua_State *L, const struct job *j)
+{
+  const struct policy_ctx *c = &j->ctx;
+  lua_newtable (L);
+  int ctx = lua_gettop (L);
+  push_ref (L, j->p->disk_ref);
+  lua_pushnil (L);
+  while (lua_next (L, ctx + 1)) {
+    lua_pushvalue (L, -2);
+    lua_insert (L, -2);
+    lua_rawset (L, ctx);
   }
-  lua_sethook (p->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  lua_pop (L, 1);
+  set_string (L, ctx, "event", c->event);
+  set_integer (L, ctx, "dirty_bytes", c->dirty_bytes);
+  set_integer (L, ctx, "zero_bytes", c->zero_bytes);
+  set_integer (L, ctx, "written_bytes", c->written_bytes);
+  set_integer (L, ctx, "data_clusters", c->data_clusters);
+  set_integer (L, ctx, "zero_clusters", c->zero_clusters);
+  set_number (L, ctx, "started", c->started);
+  set_number (L, ctx, "now", c->now);
+  if (c->loaded)
+    set_string (L, ctx, "loaded", c->loaded);
+  if (c->last_save_path) {
+    lua_pushliteral (L, "last_save");
+    lua_newtable (L);
+    set_string (L, ctx + 2, "path", c->last_save_path);
+    set_number (L, ctx + 2, "time", c->last_save_time);
+    lua_rawset (L, ctx);
+  }
 }
 
-static int
-traceback_handler (lua_State *L)
+/* [-0, +1] pushes the saved hook's result table. */
+static void
+push_result (lua_State *L, const struct job *j)
 {
-  const char *msg = lua_tostring (L, 1);
-  if (msg == NULL)
-    msg = lua_pushfstring (L, "(error object is a %s value)", luaL_typename (L, 1));
-  luaL_traceback (L, L, msg, 1);
-  return 1;
+  lua_newtable (L);
+  int t = lua_gettop (L);
+  set_string (L, t, "path", j->res.path);
+  set_integer (L, t, "data_clusters", j->res.data_clusters);
+  set_integer (L, t, "zero_clusters", j->res.zero_clusters);
+  set_integer (L, t, "bytes", j->res.bytes);
+  set_number (L, t, "seconds", j->res.seconds);
 }
 
-/* os.exit would end nbdkit before the overlay is saved. */
-static int
-forbidden_exit (lua_State *L)
+/* ---------------------------------------------------------------- call */
+
+/* [-0, +0] logs the value on top for -D luacow.lua=1, as luacow.describe
+ * renders it; a rendering that fails is reported, the value stands.
+ */
+static void
+trace_value (lua_State *L, const struct job *j)
 {
-  return luaL_error (L, "os.exit is not allowed in a policy (luacow must save the overlay first)");
+  if (!luacow_debug_lua)
+    return;
+  push_ref (L, j->p->describe_ref);
+  lua_pushvalue (L, -2);
+  int r = lua_pcall (L, 1, 1, 0);
+  const char *s = lua_type (L, -1) == LUA_TSTRING ? lua_tostring (L, -1) : "?";
+  nbdkit_debug ("luacow: lua: %s -> %s%s", j->field, r == LUA_OK ? "" : "(not printable) ", s);
+  lua_pop (L, 1);
+}
+
+/* [-0, +1] luacow.evaluate (P, field, disk | ctx [, result]): the
+ * field's normalized value.
+ */
+static void
+evaluate (lua_State *L, const struct job *j)
+{
+  push_ref (L, j->p->evaluate_ref);
+  push_ref (L, j->p->policy_ref);
+  lua_pushstring (L, j->field);
+  if (j->with_ctx)
+    push_ctx (L, j);
+  else if (j->nargs)
+    push_ref (L, j->p->disk_ref);
+  if (j->nargs == 2)
+    push_result (L, j);
+  lua_host_call (L, 2 + j->nargs, 1);
+  trace_value (L, j);
+}
+
+/* ------------------------------------------------------------ validate */
+
+/* [-0, +0] a malloc'd copy of the string at idx; raises on a NUL byte. */
+static char *
+to_c_string (lua_State *L, int idx, const struct job *j, const char *what)
+{
+  size_t len;
+  const char *s = lua_tolstring (L, idx, &len);
+  if (strlen (s) != len)
+    luaL_error (L, "%s must not contain a NUL byte", what);
+  char *d = strdup (s);
+  if (!d)
+    luaL_error (L, "%s: out of memory", j->field);
+  return d;
+}
+
+/* [-1, +0] a string or nil (then NULL) into *out, malloc'd. */
+static void
+pop_string (lua_State *L, struct job *j, const char *what, char **out)
+{
+  if (lua_type (L, -1) == LUA_TSTRING)
+    *out = to_c_string (L, -1, j, what);
+  else if (!lua_isnil (L, -1))
+    luaL_error (L, "%s must be nil or a string, got %s", what, luaL_typename (L, -1));
+  lua_pop (L, 1);
+}
+
+static unsigned
+event_bit (const char *e)
+{
+  if (strcmp (e, "flush") == 0)
+    return EVENT_FLUSH;
+  if (strcmp (e, "close") == 0)
+    return EVENT_CLOSE;
+  return strcmp (e, "interval") == 0 ? EVENT_INTERVAL : 0;
+}
+
+/* [-1, +0] events: a list of "flush", "close", "interval". */
+static void
+take_events (lua_State *L, struct job *j)
+{
+  luaL_checktype (L, -1, LUA_TTABLE);
+  lua_Integer n = (lua_Integer) lua_rawlen (L, -1);
+  for (lua_Integer i = 1; i <= n; ++i) {
+    lua_rawgeti (L, -1, i);
+    unsigned bit = lua_type (L, -1) == LUA_TSTRING ? event_bit (lua_tostring (L, -1)) : 0;
+    if (!bit)
+      luaL_error (L, "events must be a list of \"flush\", \"close\" and \"interval\"");
+    j->mask |= bit;
+    lua_pop (L, 1);
+  }
+  lua_pop (L, 1);
+}
+
+/* [-1, +0] interval: seconds, or nil (0). */
+static void
+take_interval (lua_State *L, struct job *j)
+{
+  if (lua_type (L, -1) == LUA_TNUMBER)
+    j->number = lua_tonumber (L, -1);
+  else if (!lua_isnil (L, -1))
+    luaL_error (L, "interval must be nil or a number of seconds > 0");
+  lua_pop (L, 1);
+}
+
+/* [-1, +0] save: a boolean. */
+static void
+take_save (lua_State *L, struct job *j)
+{
+  if (lua_type (L, -1) != LUA_TBOOLEAN)
+    luaL_error (L, "save must be a boolean, got %s", luaL_typename (L, -1));
+  j->yes = lua_toboolean (L, -1);
+  lua_pop (L, 1);
+}
+
+/* [-1, +0] backing: nil or {file=, format=, embed=}. */
+static void
+take_backing (lua_State *L, struct job *j)
+{
+  if (!lua_isnil (L, -1)) {
+    luaL_checktype (L, -1, LUA_TTABLE);
+    lua_pushliteral (L, "embed");
+    lua_rawget (L, -2);
+    j->embed = lua_toboolean (L, -1);
+    lua_pop (L, 1);
+    lua_pushliteral (L, "format");
+    lua_rawget (L, -2);
+    pop_string (L, j, "backing.format", &j->format);
+    lua_pushliteral (L, "file");
+    lua_rawget (L, -2);
+    pop_string (L, j, "backing.file", &j->file);
+    if (!j->file)
+      luaL_error (L, "backing.file must be a path");
+  }
+  lua_pop (L, 1);
+}
+
+/* [-1, +0] compress: false, "deflate" or "zstd". */
+static void
+take_compress (lua_State *L, struct job *j)
+{
+  if (lua_type (L, -1) == LUA_TSTRING) {
+    const char *c = lua_tostring (L, -1);
+    if (strcmp (c, "deflate") != 0 && strcmp (c, "zstd") != 0)
+      luaL_error (L, "compress must be false, \"deflate\" or \"zstd\"");
+    pop_string (L, j, "compress", &j->str);
+    return;
+  }
+  if (!lua_isboolean (L, -1) || lua_toboolean (L, -1))
+    luaL_error (L, "compress must be false, \"deflate\" or \"zstd\"");
+  lua_pop (L, 1);
+}
+
+/* [-1, +0] the result of j->field into j. */
+static void
+take_result (lua_State *L, struct job *j)
+{
+  const char *f = j->field;
+  if (strcmp (f, "events") == 0)
+    take_events (L, j);
+  else if (strcmp (f, "interval") == 0)
+    take_interval (L, j);
+  else if (strcmp (f, "save") == 0)
+    take_save (L, j);
+  else if (strcmp (f, "load") == 0 || strcmp (f, "name") == 0)
+    pop_string (L, j, f, &j->str);
+  else if (strcmp (f, "journal") == 0) {
+    if (lua_type (L, -1) == LUA_TBOOLEAN && !lua_toboolean (L, -1))
+      lua_pop (L, 1);         /* false: no journal */
+    else
+      pop_string (L, j, f, &j->str);
+  }
+  else if (strcmp (f, "backing") == 0)
+    take_backing (L, j);
+  else if (strcmp (f, "compress") == 0)
+    take_compress (L, j);
+  else
+    lua_pop (L, 1);           /* saved */
+}
+
+/* --------------------------------------------------------------- bodies */
+
+/* Any field: evaluate, validate. */
+static int
+field_body (lua_State *L)
+{
+  struct job *j = lua_host_arg (L);
+  evaluate (L, j);
+  take_result (L, j);
+  return 0;
+}
+
+/* cluster_size: disk.size first, disk.cluster_size after. */
+static int
+cluster_size_body (lua_State *L)
+{
+  struct job *j = lua_host_arg (L);
+  push_ref (L, j->p->disk_ref);
+  int disk = lua_gettop (L);
+  set_integer (L, disk, "size", j->size);
+  evaluate (L, j);
+  lua_Integer cs = lua_tointeger (L, -1);
+  if (!lua_isinteger (L, -1) || cs < CLUSTER_MIN || cs > CLUSTER_MAX || (cs & (cs - 1)))
+    luaL_error (L, "cluster_size must be a power of two from %d to %d", CLUSTER_MIN, CLUSTER_MAX);
+  j->integer = cs;
+  set_integer (L, disk, "cluster_size", (uint64_t) cs);
+  lua_pop (L, 2);
+  return 0;
 }
 
 static int
@@ -145,48 +459,52 @@ open_embedded_library (lua_State *L)
   return 1;
 }
 
-/* Turn the error on the stack (message + traceback) into one line that
- * names the script, and log the traceback for -D luacow.lua=1.
+/* [-0, +0] require "luacow" finds the compiled-in copy, luacow.core
+ * likewise; luacow.host is the filter's side of luacow.log.
  */
 static void
-take_error (struct policy *p, char err[POLICY_ERRLEN])
+register_library (lua_State *L)
 {
-  const char *full = lua_tostring (p->L, -1);
-  if (!full)
-    full = "(error object is not a string)";
-  if (luacow_debug_lua)
-    nbdkit_debug ("luacow: %s: %s", p->name, full);
-  size_t line = strcspn (full, "\n");
-  size_t namelen = strlen (p->name);
-  /* "policy.lua:12: ..." already names the script; plain validation
-   * messages get "policy.lua: " in front.
-   */
-  if (strlen (full) > namelen && memcmp (full, p->name, namelen) == 0 && full[namelen] == ':')
-    snprintf (err, POLICY_ERRLEN, "%.*s", (int) line, full);
-  else
-    snprintf (err, POLICY_ERRLEN, "%s: %.*s", p->name, (int) line, full);
-  lua_pop (p->L, 1);
+  luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction (L, luaopen_luacow_core);
+  lua_setfield (L, -2, "luacow.core");
+  lua_pop (L, 1);
+  luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_newtable (L);
+  lua_pushcfunction (L, host_log);
+  lua_setfield (L, -2, "log");
+  lua_setfield (L, -2, "luacow.host");
+  lua_pop (L, 1);
 }
 
-/* Call the function below nargs arguments on the stack, under budget.
- * Leaves nres results, or returns -1 with err filled.
- */
+/* Startup: libraries, disk, the script's table through luacow.policy. */
 static int
-guarded_call (struct policy *p, const char *field, int nargs, int nres,
-              char err[POLICY_ERRLEN])
+init_body (lua_State *L)
 {
-  lua_State *L = p->L;
-  int base = lua_gettop (L) - nargs;          /* the function's index */
-  lua_rawgeti (L, LUA_REGISTRYINDEX, p->traceback_ref);
-  lua_insert (L, base);
-  arm_budget (p, field);
-  int r = lua_pcall (L, nargs, nres, base);
-  lua_sethook (L, NULL, 0, 0);
-  lua_remove (L, base);
-  if (r != LUA_OK) {
-    take_error (p, err);
-    return -1;
+  struct job *j = lua_host_arg (L);
+  struct policy *p = j->p;
+  lua_sandbox_open (L);
+  register_library (L);
+  push_new_disk (L, j, j->script);
+  p->disk_ref = luaL_ref (L, LUA_REGISTRYINDEX);
+  luaL_requiref (L, "luacow", open_embedded_library, 0);
+  lua_getfield (L, -1, "evaluate");
+  p->evaluate_ref = luaL_ref (L, LUA_REGISTRYINDEX);
+  lua_getfield (L, -1, "describe");
+  p->describe_ref = luaL_ref (L, LUA_REGISTRYINDEX);
+  lua_getfield (L, -1, "policy");
+  if (j->src) {
+    if (luaL_loadbufferx (L, j->src, j->src_len, p->chunk, "t") != LUA_OK)
+      return lua_error (L);
+    lua_host_field (L, "script");
+    lua_host_call (L, 0, 1);
   }
+  else
+    lua_newtable (L);
+  lua_host_field (L, "policy");
+  lua_host_call (L, 1, 1);
+  p->policy_ref = luaL_ref (L, LUA_REGISTRYINDEX);
+  lua_pop (L, 1);
   return 0;
 }
 
@@ -222,113 +540,43 @@ read_script (const char *path, size_t *len, char err[POLICY_ERRLEN])
   return buf;
 }
 
-static void
-set_string_field (lua_State *L, const char *key, const char *value)
-{
-  lua_pushstring (L, value);
-  lua_setfield (L, -2, key);
-}
-
 struct policy *
 policy_new (const char *script, const struct policy_param *params, size_t nparams,
             const char *cwd, double budget, char err[POLICY_ERRLEN])
 {
   struct policy *p = calloc (1, sizeof *p);
-  if (!p) {
+  struct job *j = p ? job_new (p, "script", NULL, NULL) : NULL;
+  if (!j) {
+    free (p);
     snprintf (err, POLICY_ERRLEN, "cannot allocate the policy host");
     return NULL;
   }
-  pthread_mutex_init (&p->lock, NULL);
-  p->budget = budget;
-  p->cwd = strdup (cwd);
   const char *base = script ? strrchr (script, '/') : NULL;
   base = base ? base + 1 : script;
+  p->cwd = strdup (cwd);
   p->name = strdup (script ? base : "default policy");
   if (asprintf (&p->chunk, "@%s", script ? base : "default policy") == -1)
     p->chunk = NULL;
-  p->L = lua_newstate (capped_alloc, p);
-  if (!p->cwd || !p->name || !p->chunk || !p->L) {
-    snprintf (err, POLICY_ERRLEN, "cannot create the Lua state");
+  j->params = params;
+  j->nparams = nparams;
+  if (script && !(j->script = strdup (script)))
+    goto oom;
+  if (!p->cwd || !p->name || !p->chunk)
+    goto oom;
+  if ((script && !(j->src = read_script (script, &j->src_len, err))) ||
+      !(p->host = lua_host_new (p->name, budget, &luacow_debug_lua, err)) ||
+      run_job (p, &j, init_body, err) == -1) {
+    job_release (j);
     policy_free (p);
     return NULL;
   }
-  lua_State *L = p->L;
-  *(struct policy **) lua_getextraspace (L) = p;
-  luaL_openlibs (L);
-
-  lua_getglobal (L, "os");
-  lua_pushcfunction (L, forbidden_exit);
-  lua_setfield (L, -2, "exit");
-  lua_pop (L, 1);
-
-  /* require "luacow" finds the compiled-in copy; luacow.core likewise. */
-  luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction (L, open_embedded_library);
-  lua_setfield (L, -2, "luacow");
-  lua_pushcfunction (L, luaopen_luacow_core);
-  lua_setfield (L, -2, "luacow.core");
-  lua_pop (L, 1);
-  luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_newtable (L);
-  lua_pushcfunction (L, host_log);
-  lua_setfield (L, -2, "log");
-  lua_setfield (L, -2, "luacow.host");
-  lua_pop (L, 1);
-
-  lua_pushcfunction (L, traceback_handler);
-  p->traceback_ref = luaL_ref (L, LUA_REGISTRYINDEX);
-
-  /* disk: size and cluster_size are filled in when known. */
-  lua_newtable (L);
-  lua_newtable (L);
-  for (size_t i = 0; i < nparams; ++i)
-    set_string_field (L, params[i].name, params[i].value);
-  lua_setfield (L, -2, "params");
-  set_string_field (L, "cwd", cwd);
-  if (script)
-    set_string_field (L, "script", script);
-  p->disk_ref = luaL_ref (L, LUA_REGISTRYINDEX);
-
-  /* luacow = require "luacow"; keep luacow.evaluate. */
-  lua_getglobal (L, "require");
-  lua_pushliteral (L, "luacow");
-  if (guarded_call (p, "require", 1, 1, err) == -1) {
-    policy_free (p);
-    return NULL;
-  }
-  lua_getfield (L, -1, "evaluate");
-  p->evaluate_ref = luaL_ref (L, LUA_REGISTRYINDEX);
-  lua_getfield (L, -1, "policy");            /* stack: luacow, luacow.policy */
-
-  /* Run the script once; its result goes through luacow.policy. */
-  if (script) {
-    size_t len;
-    char *src = read_script (script, &len, err);
-    if (!src) {
-      policy_free (p);
-      return NULL;
-    }
-    int r = luaL_loadbufferx (L, src, len, p->chunk, "t");
-    free (src);
-    if (r != LUA_OK) {
-      take_error (p, err);
-      policy_free (p);
-      return NULL;
-    }
-    if (guarded_call (p, "script", 0, 1, err) == -1) {
-      policy_free (p);
-      return NULL;
-    }
-  }
-  else
-    lua_newtable (L);
-  if (guarded_call (p, "policy", 1, 1, err) == -1) {
-    policy_free (p);
-    return NULL;
-  }
-  p->policy_ref = luaL_ref (L, LUA_REGISTRYINDEX);
-  lua_pop (L, 1);                            /* luacow */
+  job_release (j);
   return p;
+ oom:
+  snprintf (err, POLICY_ERRLEN, "cannot allocate the policy host");
+  job_release (j);
+  policy_free (p);
+  return NULL;
 }
 
 void
@@ -336,9 +584,10 @@ policy_free (struct policy *p)
 {
   if (!p)
     return;
-  if (p->L)
-    lua_close (p->L);
-  pthread_mutex_destroy (&p->lock);
+  if (!lua_host_free (p->host)) {
+    kept_policy = p;          /* a body may still use it */
+    return;
+  }
   free (p->name);
   free (p->chunk);
   free (p->cwd);
@@ -351,113 +600,7 @@ policy_name (const struct policy *p)
   return p->name;
 }
 
-/* ------------------------------------------------------------ evaluation */
-
-/* Push luacow.evaluate, P and the field name: the caller pushes the
- * field's arguments and calls evaluate_field.
- */
-static void
-begin_field (struct policy *p, const char *field)
-{
-  lua_rawgeti (p->L, LUA_REGISTRYINDEX, p->evaluate_ref);
-  lua_rawgeti (p->L, LUA_REGISTRYINDEX, p->policy_ref);
-  lua_pushstring (p->L, field);
-}
-
-/* Push a short rendering of the value at idx for the -D luacow.lua=1
- * trace: tables one level deep ({file="a", embed=true}), not addresses.
- */
-static void
-push_description (lua_State *L, int idx)
-{
-  idx = lua_absindex (L, idx);
-  if (!lua_istable (L, idx)) {
-    if (lua_type (L, idx) == LUA_TSTRING)
-      lua_pushfstring (L, "\"%s\"", lua_tostring (L, idx));
-    else
-      luaL_tolstring (L, idx, NULL);
-    return;
-  }
-  luaL_Buffer b;
-  luaL_buffinit (L, &b);
-  luaL_addchar (&b, '{');
-  int n = 0;
-  lua_pushnil (L);
-  while (lua_next (L, idx)) {
-    if (n++)
-      luaL_addstring (&b, ", ");
-    if (n > 8) {
-      luaL_addstring (&b, "...");
-      lua_pop (L, 2);
-      break;
-    }
-    if (lua_type (L, -2) == LUA_TSTRING) {
-      luaL_addstring (&b, lua_tostring (L, -2));
-      luaL_addchar (&b, '=');
-    }
-    push_description (L, -1);
-    luaL_addvalue (&b);
-    lua_pop (L, 1);
-  }
-  luaL_addchar (&b, '}');
-  luaL_pushresult (&b);
-}
-
-static int
-evaluate_field (struct policy *p, const char *field, int nargs, char err[POLICY_ERRLEN])
-{
-  int r = guarded_call (p, field, 2 + nargs, 1, err);
-  if (r == 0 && luacow_debug_lua) {
-    push_description (p->L, -1);
-    nbdkit_debug ("luacow: lua: %s -> %s", field, lua_tostring (p->L, -1));
-    lua_pop (p->L, 1);
-  }
-  return r;
-}
-
-static void
-push_disk (struct policy *p)
-{
-  lua_rawgeti (p->L, LUA_REGISTRYINDEX, p->disk_ref);
-}
-
-/* ctx: a fresh table with disk's fields plus the event's. */
-static void
-push_ctx (struct policy *p, const struct policy_ctx *c)
-{
-  lua_State *L = p->L;
-  lua_newtable (L);
-  push_disk (p);
-  lua_pushnil (L);
-  while (lua_next (L, -2)) {
-    lua_pushvalue (L, -2);
-    lua_insert (L, -2);
-    lua_settable (L, -5);
-  }
-  lua_pop (L, 1);
-  set_string_field (L, "event", c->event);
-  static const char *const names[] = { "dirty_bytes", "zero_bytes", "written_bytes",
-                                       "data_clusters", "zero_clusters" };
-  const uint64_t values[] = { c->dirty_bytes, c->zero_bytes, c->written_bytes,
-                              c->data_clusters, c->zero_clusters };
-  for (size_t i = 0; i < sizeof values / sizeof *values; ++i) {
-    lua_pushinteger (L, (lua_Integer) values[i]);
-    lua_setfield (L, -2, names[i]);
-  }
-  lua_pushnumber (L, c->started);
-  lua_setfield (L, -2, "started");
-  lua_pushnumber (L, c->now);
-  lua_setfield (L, -2, "now");
-  if (c->loaded)
-    set_string_field (L, "loaded", c->loaded);
-  if (c->last_save_path) {
-    lua_newtable (L);
-    set_string_field (L, "path", c->last_save_path);
-    lua_pushnumber (L, c->last_save_time);
-    lua_setfield (L, -2, "time");
-    lua_setfield (L, -2, "last_save");
-  }
-}
+/* ------------------------------------------------------------- the API */
 
 char *
 policy_resolve (const char *cwd, const char *path)
@@ -470,35 +613,33 @@ policy_resolve (const char *cwd, const char *path)
   return r;
 }
 
+static int
+out_of_memory (struct policy *p, char err[POLICY_ERRLEN])
+{
+  snprintf (err, POLICY_ERRLEN, "%s: out of memory", p->name);
+  return -1;
+}
+
 int
 policy_events (struct policy *p, unsigned *mask, double *interval, char err[POLICY_ERRLEN])
 {
-  lua_State *L = p->L;
-  int r = -1;
-  pthread_mutex_lock (&p->lock);
+  struct job *j = job_new (p, "events", NULL, NULL);
   *mask = 0;
   *interval = 0;
-  begin_field (p, "events");
-  if (evaluate_field (p, "events", 0, err) == 0) {
-    lua_Integer n = luaL_len (L, -1);
-    for (lua_Integer i = 1; i <= n; ++i) {
-      lua_geti (L, -1, i);
-      const char *e = lua_tostring (L, -1);
-      if (e && strcmp (e, "flush") == 0) *mask |= EVENT_FLUSH;
-      if (e && strcmp (e, "close") == 0) *mask |= EVENT_CLOSE;
-      if (e && strcmp (e, "interval") == 0) *mask |= EVENT_INTERVAL;
-      lua_pop (L, 1);
-    }
-    lua_pop (L, 1);
-    begin_field (p, "interval");
-    if (evaluate_field (p, "interval", 0, err) == 0) {
-      if (lua_isnumber (L, -1))
-        *interval = lua_tonumber (L, -1);
-      lua_pop (L, 1);
-      r = 0;
-    }
+  if (!j)
+    return out_of_memory (p, err);
+  int r = run_job (p, &j, field_body, err);
+  if (r == 0) {
+    *mask = j->mask;
+    job_release (j);
+    j = job_new (p, "interval", NULL, NULL);
+    if (!j)
+      return out_of_memory (p, err);
+    r = run_job (p, &j, field_body, err);
+    if (r == 0)
+      *interval = j->number;
   }
-  pthread_mutex_unlock (&p->lock);
+  job_release (j);
   return r;
 }
 
@@ -506,113 +647,113 @@ int
 policy_cluster_size (struct policy *p, uint64_t size, uint32_t *cluster_size,
                      char err[POLICY_ERRLEN])
 {
-  lua_State *L = p->L;
-  int r = -1;
-  pthread_mutex_lock (&p->lock);
-  push_disk (p);
-  lua_pushinteger (L, (lua_Integer) size);
-  lua_setfield (L, -2, "size");
-  lua_pop (L, 1);
-  begin_field (p, "cluster_size");
-  push_disk (p);
-  if (evaluate_field (p, "cluster_size", 1, err) == 0) {
-    lua_Integer cs = lua_tointeger (L, -1);
-    lua_pop (L, 1);
-    if (cs < 512 || cs > 2097152 || (cs & (cs - 1)))   /* the library checked; be sure */
-      snprintf (err, POLICY_ERRLEN, "%s: cluster_size must be a power of two from 512 to 2097152, got %lld",
-                p->name, (long long) cs);
-    else {
-      *cluster_size = (uint32_t) cs;
-      push_disk (p);
-      lua_pushinteger (L, cs);
-      lua_setfield (L, -2, "cluster_size");
-      lua_pop (L, 1);
-      r = 0;
-    }
-  }
-  pthread_mutex_unlock (&p->lock);
+  struct job *j = job_new (p, "cluster_size", NULL, NULL);
+  if (!j)
+    return out_of_memory (p, err);
+  j->nargs = 1;
+  j->size = size;
+  int r = run_job (p, &j, cluster_size_body, err);
+  if (r == 0)
+    *cluster_size = (uint32_t) j->integer;
+  job_release (j);
   return r;
 }
 
-/* Pop an optional string result into *out (absolute path when resolve). */
+/* A path result made absolute (NULL stays NULL). */
 static int
-pop_string (struct policy *p, char **out, bool resolve, char err[POLICY_ERRLEN])
+resolve_result (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  const char *s = lua_tostring (p->L, -1);
-  *out = NULL;
-  if (s) {
-    *out = resolve ? policy_resolve (p->cwd, s) : strdup (s);
-    if (!*out) {
-      snprintf (err, POLICY_ERRLEN, "%s: out of memory", p->name);
-      lua_pop (p->L, 1);
-      return -1;
-    }
-  }
-  lua_pop (p->L, 1);
-  return 0;
+  if (!*path)
+    return 0;
+  char *abs = policy_resolve (p->cwd, *path);
+  free (*path);
+  *path = abs;
+  return abs ? 0 : out_of_memory (p, err);
 }
 
 int
 policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  int r = -1;
-  pthread_mutex_lock (&p->lock);
-  begin_field (p, "load");
-  push_disk (p);
-  if (evaluate_field (p, "load", 1, err) == 0)
-    r = pop_string (p, path, true, err);
-  pthread_mutex_unlock (&p->lock);
+  struct job *j = job_new (p, "load", NULL, NULL);
+  *path = NULL;
+  if (!j)
+    return out_of_memory (p, err);
+  j->nargs = 1;
+  int r = run_job (p, &j, field_body, err);
+  if (r == 0) {
+    *path = j->str;
+    j->str = NULL;
+    r = resolve_result (p, path, err);
+  }
+  job_release (j);
   return r;
 }
 
 int
 policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  int r = -1;
-  pthread_mutex_lock (&p->lock);
-  begin_field (p, "journal");
-  push_disk (p);
-  if (evaluate_field (p, "journal", 1, err) == 0)
-    r = pop_string (p, path, true, err);
-  pthread_mutex_unlock (&p->lock);
+  struct job *j = job_new (p, "journal", NULL, NULL);
+  *path = NULL;
+  if (!j)
+    return out_of_memory (p, err);
+  j->nargs = 1;
+  int r = run_job (p, &j, field_body, err);
+  if (r == 0) {
+    *path = j->str;
+    j->str = NULL;
+    r = resolve_result (p, path, err);
+  }
+  job_release (j);
   return r;
 }
 
-void
-policy_set_recovered (struct policy *p, const struct policy_recovered *r)
+/* disk.recovered = { journal, blocks, bytes, flushed, seconds }. */
+static int
+recovered_body (lua_State *L)
 {
-  lua_State *L = p->L;
-  pthread_mutex_lock (&p->lock);
-  push_disk (p);
+  struct job *j = lua_host_arg (L);
+  push_ref (L, j->p->disk_ref);
+  int disk = lua_gettop (L);
+  lua_pushliteral (L, "recovered");
   lua_newtable (L);
-  set_string_field (L, "journal", r->journal);
-  lua_pushinteger (L, (lua_Integer) r->blocks);
-  lua_setfield (L, -2, "blocks");
-  lua_pushinteger (L, (lua_Integer) r->bytes);
-  lua_setfield (L, -2, "bytes");
-  lua_pushnumber (L, r->flushed);
-  lua_setfield (L, -2, "flushed");
-  lua_pushnumber (L, r->seconds);
-  lua_setfield (L, -2, "seconds");
-  lua_setfield (L, -2, "recovered");
+  int t = lua_gettop (L);
+  set_string (L, t, "journal", j->str);
+  set_integer (L, t, "blocks", j->rec.blocks);
+  set_integer (L, t, "bytes", j->rec.bytes);
+  set_number (L, t, "flushed", j->rec.flushed);
+  set_number (L, t, "seconds", j->rec.seconds);
+  lua_rawset (L, disk);
   lua_pop (L, 1);
-  pthread_mutex_unlock (&p->lock);
+  return 0;
+}
+
+int
+policy_set_recovered (struct policy *p, const struct policy_recovered *r,
+                      char err[POLICY_ERRLEN])
+{
+  struct job *j = job_new (p, "recovered", NULL, NULL);
+  if (!j || !(j->str = strdup (r->journal))) {
+    job_release (j);
+    return out_of_memory (p, err);
+  }
+  j->rec = *r;
+  j->rec.journal = NULL;
+  int res = run_job (p, &j, recovered_body, err);
+  job_release (j);
+  return res;
 }
 
 int
 policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,
                     char err[POLICY_ERRLEN])
 {
-  int r = -1;
-  pthread_mutex_lock (&p->lock);
-  begin_field (p, "save");
-  push_ctx (p, ctx);
-  if (evaluate_field (p, "save", 1, err) == 0) {
-    *yes = lua_toboolean (p->L, -1);
-    lua_pop (p->L, 1);
-    r = 0;
-  }
-  pthread_mutex_unlock (&p->lock);
+  struct job *j = job_new (p, "save", ctx, NULL);
+  if (!j)
+    return out_of_memory (p, err);
+  int r = run_job (p, &j, field_body, err);
+  if (r == 0)
+    *yes = j->yes;
+  job_release (j);
   return r;
 }
 
@@ -626,53 +767,50 @@ policy_plan_clear (struct policy_plan *plan)
   memset (plan, 0, sizeof *plan);
 }
 
+/* One field of the plan: the job's results, or -1. */
 static int
-make_plan_locked (struct policy *p, const struct policy_ctx *ctx,
-                  struct policy_plan *plan, char err[POLICY_ERRLEN])
+plan_field (struct policy *p, const char *field, const struct policy_ctx *ctx,
+            struct job **j, char err[POLICY_ERRLEN])
 {
-  lua_State *L = p->L;
-  begin_field (p, "name");
-  push_ctx (p, ctx);
-  if (evaluate_field (p, "name", 1, err) == -1 || pop_string (p, &plan->path, true, err) == -1)
-    return -1;
-  if (!plan->path) {
-    snprintf (err, POLICY_ERRLEN, "%s: name gave no path to save to (set luacow-save=PATH or a name field)",
-              p->name);
-    return -1;
-  }
-  begin_field (p, "backing");
-  push_ctx (p, ctx);
-  if (evaluate_field (p, "backing", 1, err) == -1)
-    return -1;
-  if (lua_istable (L, -1)) {
-    lua_getfield (L, -1, "file");
-    lua_getfield (L, -2, "format");
-    lua_getfield (L, -3, "embed");
-    plan->backing_embed = lua_toboolean (L, -1);
-    lua_pop (L, 1);
-    if (pop_string (p, &plan->backing_format, false, err) == -1 ||
-        pop_string (p, &plan->backing_file, true, err) == -1)
-      return -1;
-  }
-  lua_pop (L, 1);
-  begin_field (p, "compress");
-  push_ctx (p, ctx);
-  if (evaluate_field (p, "compress", 1, err) == -1)
-    return -1;
-  if (lua_type (L, -1) == LUA_TSTRING)
-    return pop_string (p, &plan->compress, false, err);
-  lua_pop (L, 1);
-  return 0;
+  *j = job_new (p, field, ctx, NULL);
+  if (!*j)
+    return out_of_memory (p, err);
+  return run_job (p, j, field_body, err);
 }
 
 int
 policy_make_plan (struct policy *p, const struct policy_ctx *ctx,
                   struct policy_plan *plan, char err[POLICY_ERRLEN])
 {
+  struct job *j = NULL;
   memset (plan, 0, sizeof *plan);
-  pthread_mutex_lock (&p->lock);
-  int r = make_plan_locked (p, ctx, plan, err);
-  pthread_mutex_unlock (&p->lock);
+  int r = plan_field (p, "name", ctx, &j, err);
+  if (r == 0) {
+    plan->path = j->str;
+    j->str = NULL;
+    r = resolve_result (p, &plan->path, err);
+    if (r == 0 && !plan->path) {
+      snprintf (err, POLICY_ERRLEN, "%s: name gave no path to save to (set luacow-save=PATH or a name field)",
+                p->name);
+      r = -1;
+    }
+  }
+  job_release (j);
+  j = NULL;
+  if (r == 0 && (r = plan_field (p, "backing", ctx, &j, err)) == 0) {
+    plan->backing_file = j->file;
+    plan->backing_format = j->format;
+    plan->backing_embed = j->embed;
+    j->file = j->format = NULL;
+    r = resolve_result (p, &plan->backing_file, err);
+  }
+  job_release (j);
+  j = NULL;
+  if (r == 0 && (r = plan_field (p, "compress", ctx, &j, err)) == 0) {
+    plan->compress = j->str;
+    j->str = NULL;
+  }
+  job_release (j);
   if (r == -1)
     policy_plan_clear (plan);
   return r;
@@ -682,24 +820,10 @@ void
 policy_saved (struct policy *p, const struct policy_ctx *ctx,
               const struct policy_result *res)
 {
-  lua_State *L = p->L;
   char err[POLICY_ERRLEN];
-  pthread_mutex_lock (&p->lock);
-  begin_field (p, "saved");
-  push_ctx (p, ctx);
-  lua_newtable (L);
-  set_string_field (L, "path", res->path);
-  lua_pushinteger (L, (lua_Integer) res->data_clusters);
-  lua_setfield (L, -2, "data_clusters");
-  lua_pushinteger (L, (lua_Integer) res->zero_clusters);
-  lua_setfield (L, -2, "zero_clusters");
-  lua_pushinteger (L, (lua_Integer) res->bytes);
-  lua_setfield (L, -2, "bytes");
-  lua_pushnumber (L, res->seconds);
-  lua_setfield (L, -2, "seconds");
-  if (evaluate_field (p, "saved", 2, err) == 0)
-    lua_pop (L, 1);
-  else
+  struct job *j = job_new (p, "saved", ctx, res);
+  int r = j ? run_job (p, &j, field_body, err) : out_of_memory (p, err);
+  if (r == -1)
     nbdkit_error ("luacow: %s (the save itself succeeded)", err);
-  pthread_mutex_unlock (&p->lock);
+  job_release (j);
 }

@@ -1,9 +1,10 @@
-/* luacow: the Lua policy host.
+/* luacow: the policy: its fields as C values.
  *
- * One lua_State, used under a mutex and never in the per-request data
- * path: at startup, at events and at exit.  Every call into Lua runs under
- * lua_pcall with a traceback handler, an instruction-count hook enforcing
- * a wall-clock budget, and a memory cap.  Errors come back as one line.
+ * Used at startup, at events and at exit, never in the per-request data
+ * path.  Each call runs on the Lua host (lua_host.h): protected, on a
+ * thread of its own, under the time budget and the memory cap, and waited
+ * for at most the budget + HOST_GRACE seconds.  Errors come back as one
+ * line; after a hook that never returned, every call fails at once.
  */
 #ifndef LUACOW_POLICY_H
 #define LUACOW_POLICY_H
@@ -69,7 +70,8 @@ struct policy_recovered {     /* disk.recovered and ctx.recovered */
   uint64_t blocks, bytes;
   double flushed, seconds;
 };
-void policy_set_recovered (struct policy *p, const struct policy_recovered *r);
+int policy_set_recovered (struct policy *p, const struct policy_recovered *r,
+                          char err[POLICY_ERRLEN]);
 
 /* *path is NULL (nothing to load) or an absolute path to free. */
 int policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN]);

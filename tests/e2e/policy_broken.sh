@@ -95,9 +95,9 @@ rescued () {
   NB_CWD=$dir start_nb "rt-$name" file "$BASE" luacow-script="$dir/policy.lua" luacow-hook-seconds=1 \
     luacow-save="$dir/target.qcow2" || { fail "$name: nbdkit starts"; return; }
   client ops "$NB_URI" --base "$BASE" --cs 65536 --seen "$dir/seen.raw" "w:1000:100000:1" "z:4*cs:cs" "w:size-10:10:2" >/dev/null
-  local t0; t0=$(date +%s)
   stop_nb
-  local t1 t; t1=$(date +%s)
+  local t
+  checkv "$name: nbdkit exits by itself with status 0 (no signal, not killed)" test "$NB_RC" = 0
   for t in "$@"; do
     checkv "$name: the log has: $t" grep -qF -- "$t" "$NB_LOG"
   done
@@ -113,7 +113,6 @@ rescued () {
   checkv "$name: the rescue file holds every byte the client saw" \
     qemu-img compare -f qcow2 -F raw "$dir/rb.qcow2" "$dir/seen.raw"
   checkv "$name: nothing at the policy's target" test ! -e "$dir/target.qcow2"
-  checkv "$name: nbdkit stopped within 10 s" test $((t1 - t0)) -lt 10
 }
 
 rescued save-loop 'return {
@@ -179,6 +178,7 @@ EOF
   checkv "flush, save hook $kind: nbdkit keeps serving (reads, writes, a second flush fails again)" \
     client ops "$NB_URI" --base "$BASE" --cs 65536 --state "$dir/state" --seen "$dir/seen.raw" "w:cs:100:2" "F" "z:2*cs:cs"
   stop_nb
+  checkv "flush, save hook $kind: nbdkit exits by itself with status 0" test "$NB_RC" = 0
   checkv "flush, save hook $kind: the exit save works and holds everything" \
     bash -c "qemu-img check '$dir/target.qcow2' >/dev/null && cp '$dir/target.qcow2' '$dir/rb.qcow2' && \
       qemu-img rebase -u -b '$BASE' -F raw '$dir/rb.qcow2' && qemu-img compare -q -f qcow2 -F raw '$dir/rb.qcow2' '$dir/seen.raw'"
@@ -189,6 +189,7 @@ dir=$SCRATCH/rt-empty; mkdir -p "$dir"
 printf 'return { save = function () error("x") end }\n' > "$dir/policy.lua"
 NB_CWD=$dir start_nb rt-empty file "$BASE" luacow-script="$dir/policy.lua"
 stop_nb
+checkv "failing policy with an empty overlay: nbdkit exits by itself with status 0" test "$NB_RC" = 0
 checkv "failing policy with an empty overlay: no rescue file" bash -c "[ -z \"\$(ls -A '$dir' | grep -v policy.lua)\" ]"
 
 done_testing

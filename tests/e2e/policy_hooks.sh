@@ -13,11 +13,16 @@ P=$TOP/tests/e2e/policies      # the test policies (also: inline ones in $SCRATC
 mkbase "$SCRATCH/base.raw" $((4 << 20)) 21
 BASE=$SCRATCH/base.raw
 
-# wait_for FILE [SECONDS]: until FILE exists (default 5 s).
+# wait_for FILE: until FILE exists, while nbdkit (NB_PID, when set) still
+# runs.  A progress check: the 60 s limit only turns a hang into a failure.
 wait_for () {
   local i
-  for i in $(seq 1 $(( ${2:-5} * 20 ))); do [ -e "$1" ] && return 0; sleep 0.05; done
-  echo "$1 did not appear within ${2:-5} s"; return 1
+  for i in $(seq 1 1200); do
+    [ -e "$1" ] && return 0
+    [ -n "${NB_PID:-}" ] && ! kill -0 "$NB_PID" 2>/dev/null && { echo "nbdkit exited before $1 appeared"; return 1; }
+    sleep 0.05
+  done
+  echo "$1 did not appear"; return 1
 }
 cs_of () { qemu-img info --output=json "$1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])'; }
 
@@ -54,7 +59,7 @@ checkv "load(disk): nothing written, so nothing saved" test ! -e "$SCRATCH/start
 rm -f "$SCRATCH/d.sock"
 ( cd "$SCRATCH/elsewhere" && nbdkit -P "$SCRATCH/d.pid" -U "$SCRATCH/d.sock" --filter="$FILTER" \
     file "$BASE" luacow-script="$P/hooks_expand.lua" luacow-x=daemon ) 2>"$SCRATCH/daemon.log"
-wait_for "$SCRATCH/d.pid" >/dev/null
+NB_PID= wait_for "$SCRATCH/d.pid" >/dev/null
 mkdir -p "$SCRATCH/elsewhere/sub"
 dpid=$(cat "$SCRATCH/d.pid" 2>/dev/null)
 [ -n "$dpid" ] && _pids+=("$dpid")
@@ -109,8 +114,8 @@ checkv "ctx: started <= now, both within the test's wall-clock window" \
   "$PY" -c "import sys; s,n=float('$(field 1 started)'),float('$(field 1 now)'); sys.exit(not ($t0-1 <= s <= n <= $t1+1))"
 checkv "ctx: params (luacow-tag=one), cwd, script" \
   test "$(field 1 tag) $(field 1 cwd) $(field 1 script)" = "one $SCRATCH $P/hooks_ctx.lua"
-checkv "saved result: path, bytes = the file's size, seconds a number" \
-  bash -c "[ '$(field 1 path)' = '$SCRATCH/ctx-one-flush.qcow2' ] && [ '$(field 1 bytes)' = \"\$(stat -c %s '$SCRATCH/ctx-one-flush.qcow2')\" ] && $PY -c 'import sys; sys.exit(not 0 <= float(\"$(field 1 seconds)\") < 10)'"
+checkv "saved result: path, bytes = the file's size, seconds a number >= 0" \
+  bash -c "[ '$(field 1 path)' = '$SCRATCH/ctx-one-flush.qcow2' ] && [ '$(field 1 bytes)' = \"\$(stat -c %s '$SCRATCH/ctx-one-flush.qcow2')\" ] && $PY -c 'import sys; sys.exit(not 0 <= float(\"$(field 1 seconds)\"))'"
 checkv "saved result and ctx: integers are integers, times are numbers" \
   test "$(field 1 types)" = "integer,integer,number,integer,number"
 checkv "ctx at exit: event exit, written_bytes 73838, last_save is the flush's file" \
@@ -149,17 +154,17 @@ checkv "flush: save=false at exit: no exit save" test ! -e "$SCRATCH/ev/flush-50
 
 start_nb ev-close file "$BASE" luacow-script="$P/hooks_close.lua" luacow-dir="$SCRATCH/ev"
 client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "w:0:777:1" "e" >/dev/null
-checkv "close: a save appears when the client disconnects" wait_for "$SCRATCH/ev/close-777.qcow2" 3
+checkv "close: a save appears after the client disconnects, while nbdkit runs" wait_for "$SCRATCH/ev/close-777.qcow2"
 checkv "close: nbdkit still runs" kill -0 "$NB_PID"
 checkv "close: the file passes qemu-img check" qcheck "$SCRATCH/ev/close-777.qcow2"
 stop_nb
 
 start_nb ev-interval file "$BASE" luacow-script="$P/hooks_interval.lua" luacow-dir="$SCRATCH/ev"
 client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "w:0:4096:1" >/dev/null
-checkv "interval=1: a save appears within 3 s, while nbdkit runs" wait_for "$SCRATCH/ev/interval.qcow2" 3
+checkv "interval=1: a save appears with no client activity, while nbdkit runs" wait_for "$SCRATCH/ev/interval.qcow2"
 checkv "interval=1: nbdkit still runs" kill -0 "$NB_PID"
-t0=$(date +%s); stop_nb; t1=$(date +%s)
-checkv "interval: SIGTERM still stops nbdkit promptly (< 5 s)" test $((t1 - t0)) -lt 5
+stop_nb
+checkv "interval: SIGTERM stops nbdkit and its interval thread (exits by itself, status 0)" test "$NB_RC" = 0
 checkv "interval: the file passes qemu-img check" qcheck "$SCRATCH/ev/interval.qcow2"
 
 # -------------------------------------------------------------- routing

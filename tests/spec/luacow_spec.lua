@@ -366,6 +366,19 @@ describe("luacow.evaluate", function ()
     assert.equal("name must be nil or a path (non-empty string), got table", eval_error("name", {}))
   end)
 
+  it("refuses paths with a NUL byte (the file system would cut them short)", function ()
+    assert.equal('name must be nil or a path (non-empty string without NUL bytes), got "a.qcow2\\0/../x"',
+                 eval_error("name", "a.qcow2\0/../x"))
+    assert.equal('load must be nil, false or a path (non-empty string without NUL bytes), got "\\0"',
+                 eval_error("load", "\0"))
+    assert.equal('backing.file must be a path (non-empty string without NUL bytes), got "b\\0"',
+                 eval_error("backing", { file = "b\0" }))
+    assert.matches("^backing must be nil, a path or", eval_error("backing", "b\0"))
+    assert.matches("^backing.format must be a non%-empty string", eval_error("backing", { file = "b", format = "raw\0" }))
+    assert.equal('name must be nil or a path (non-empty string without NUL bytes), got "x\\0"',
+                 policy_error({ name = "x\0" }))
+  end)
+
   it("normalizes backing results", function ()
     local function backing (v) return luacow.evaluate(luacow.policy({ backing = function () return v end }), "backing", ctx()) end
     assert.is_nil(backing(nil))
@@ -660,6 +673,12 @@ describe("luacow.core", function ()
     assert.equal(2, errno)
     assert.error_matches(function () core.mtime({}) end, "string expected, got table", 1, true)
   end)
+
+  it("refuses a path with a NUL byte instead of cutting it short", function ()
+    H.touch(dir .. "/f")
+    assert.error_matches(function () core.mtime(dir .. "/f\0/x") end, "path contains a NUL byte", 1, true)
+    assert.error_matches(function () core.glob(dir .. "/*\0/x") end, "path contains a NUL byte", 1, true)
+  end)
 end)
 
 describe("luacow.latest and luacow.keep", function ()
@@ -814,5 +833,35 @@ describe("luacow.log", function ()
     io.stderr = { write = function (_, ...) for _, s in ipairs({ ... }) do out[#out + 1] = s end end }
     luacow.log("hello", "world", 3)
     assert.equal("luacow: hello world 3\n", table.concat(out))
+  end)
+end)
+
+describe("luacow.describe", function ()
+  it("renders values on one line, tables one level deep", function ()
+    assert.equal('"a\\nb"', luacow.describe("a\nb"))
+    assert.equal("65536", luacow.describe(65536))
+    assert.equal("0.5", luacow.describe(0.5))
+    assert.equal("true", luacow.describe(true))
+    assert.equal("nil", luacow.describe(nil))
+    assert.equal("function", luacow.describe(print))
+    assert.equal('{"flush", "close"}', luacow.describe({ "flush", "close" }))
+    assert.equal('{t={...}}', luacow.describe({ t = {} }))
+    local big = {}
+    for i = 1, 20 do big[i] = i end
+    assert.equal("{1, 2, 3, 4, 5, 6, 7, 8, ...}", luacow.describe(big))
+  end)
+
+  it("calls no metamethod and no function a policy can replace", function ()
+    local t = setmetatable({ file = "f" }, {
+      __index = function () error("index") end, __pairs = function () error("pairs") end,
+      __tostring = function () error("tostring") end,
+    })
+    local format, tostr = string.format, tostring
+    string.format = function () error("format") end
+    tostring = function () error("tostring") end
+    local ok, s = pcall(luacow.describe, t)
+    string.format, tostring = format, tostr
+    assert.is_true(ok, s)
+    assert.equal('{file="f"}', s)
   end)
 end)
