@@ -115,6 +115,36 @@ checkv "a journal in use by another nbdkit: refused" \
 stop_nb
 check "the exit save removed the journal" test ! -e "$d/ov.qcow2.journal"
 
+# The policy sees what was recovered: ctx.recovered (and disk.recovered).
+cat > "$d/seen.lua" <<LUA
+local out = "$d/recovered.txt"
+return {
+  journal = "$d/own.journal",
+  save = function (ctx)
+    if ctx.event == "exit" then
+      local f = assert(io.open(out, "w"))
+      local r = ctx.recovered
+      f:write(r and string.format("%s %d %d %s", r.journal, r.blocks, r.bytes,
+                                  tostring(r.flushed > 0)) or "nil", "\n")
+      f:close()
+    end
+    return false
+  end,
+}
+LUA
+start_nb seen1 file "$d/base.raw" luacow-script="$d/seen.lua"
+timeout 60 "$CC_OUT" "$SCRATCH/seen1.sock" "$SCRATCH/seen.state" 2 0.5 >/dev/null
+kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null
+start_nb seen2 file "$d/base.raw" luacow-script="$d/seen.lua"
+stop_nb
+checkv "ctx.recovered names the journal, the blocks and bytes, and a flush time" \
+  grep -qE "^$d/own.journal [1-9][0-9]* [1-9][0-9]* true$" "$d/recovered.txt"
+check "a policy that never saves keeps its journal" test -s "$d/own.journal"
+rm -f "$d/own.journal"
+start_nb seen3 file "$d/base.raw" luacow-script="$d/seen.lua"
+stop_nb
+checkv "without a recovery, ctx.recovered is nil" grep -qx nil "$d/recovered.txt"
+
 # luacow-journal=off: no journal at all.
 start_nb off "${ARGS[@]}" luacow-journal=off
 check "luacow-journal=off: no journal file" test ! -e "$d/ov.qcow2.journal"
