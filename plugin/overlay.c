@@ -476,25 +476,34 @@ apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
   uint64_t pos = offset, end = offset + count;
   atomic_fetch_add_explicit (src ? &ov->written_bytes : &ov->zeroed_bytes, count,
                              memory_order_relaxed);
+  bool retried = false;
   while (pos < end) {
     uint64_t b = pos >> ov->bits;
     uint64_t in = pos - (b << ov->bits);
     uint64_t bend = block_end (ov, b);
+    uint64_t stop;
+    int r;
     if (in != 0 || end < bend) {
-      uint64_t n = min64 (end, bend) - pos;
-      if (write_partial (ov, lower, b, in, n, src, err) == -1)
-        return -1;
-      pos += n;
-      if (src)
-        src += n;
+      stop = min64 (end, bend);
+      r = write_partial (ov, lower, b, in, stop - pos, src, err);
+    }
+    else {
+      /* Whole blocks from b up to the last block the request covers fully. */
+      uint64_t b_end = end >= ov->size ? ov->nblocks : end >> ov->bits;
+      stop = min64 (end, b_end << ov->bits);
+      uint64_t ep = ov_enter (ov);
+      r = src ? write_blocks (ov, b, b_end, src, err) : zero_blocks (ov, b, b_end, err);
+      ov_exit (ov, ep);
+    }
+    if (r == -1 && *err == ENOSPC && !retried) {
+      /* Space freed by trims may still wait for the next commit: commit
+       * now (outside any epoch) and try this piece once more.
+       */
+      int e2;
+      retried = true;
+      overlay_tick (ov, &e2);
       continue;
     }
-    /* Whole blocks from b up to the last block the request covers fully. */
-    uint64_t b_end = end >= ov->size ? ov->nblocks : end >> ov->bits;
-    uint64_t stop = min64 (end, b_end << ov->bits);
-    uint64_t ep = ov_enter (ov);
-    int r = src ? write_blocks (ov, b, b_end, src, err) : zero_blocks (ov, b, b_end, err);
-    ov_exit (ov, ep);
     if (r == -1)
       return -1;
     if (src)

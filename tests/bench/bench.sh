@@ -19,7 +19,12 @@
 # writes into a fresh copy of it, the filters open it read-only.  The base
 # holds random data and is in the page cache.  Targets (from the issue):
 # 4K random write >= 0.8x bare, 4K random reads >= 0.9x bare, 1 MiB
-# sequential >= 0.9x bare.  Exits 0 when it ran (targets missed or not);
+# sequential >= 0.9x bare, with luacow's journal on.  Then the durable
+# jobs (fio --fsync) against bare, luacow with and without a journal and
+# qemu-nbd over a qcow2 overlay (targets: luacow with a journal >= 0.8x
+# bare and >= 2x qemu-nbd), flush latency at 64 MiB and 2 GiB of overlay
+# (p50/p99; target: at 2 GiB <= 1.5x at 64 MiB), write latency during a
+# checkpoint save of 2 GiB, and recovery of a journal of 2 GiB (< 2 s).  Exits 0 when it ran (targets missed or not);
 # non-zero only when something could not be measured.
 set -u
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,7 +35,7 @@ COW_TIMEOUT=${BENCH_COW_TIMEOUT:-60}
 OUT=$TOP/tests/bench/last.md
 export PATH=/usr/bin:$PATH
 
-for tool in nbdkit fio qemu-img cc python3 nbdsh; do
+for tool in nbdkit fio qemu-img qemu-nbd cc python3 nbdsh; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (make deps)" >&2; exit 1; }
 done
 [ -x "$FILTER" ] || { echo "bench: $FILTER is not built (make)" >&2; exit 1; }
@@ -60,12 +65,20 @@ say () { echo "$*" >&2; }
 launch () {
   local config=$1 file=$2; shift 2
   local filt=()
+  rm -f "$SOCK"
   case $config in
     bare) ;;
     cow) filt=(--filter=cow) ;;
-    luacow) filt=(--filter="$FILTER") ;;
+    # luacow's overlay in a journal (the default whenever a save is named)
+    luacow) filt=(--filter="$FILTER" luacow-journal="$TMPDIR/bench.journal") ;;
+    luacow-nj) filt=(--filter="$FILTER" luacow-journal=off) ;;
+    qemu-nbd)                       # a qcow2 overlay over the same raw base
+      rm -f "$TMPDIR/ov.qcow2"
+      qemu-img create -q -f qcow2 -b "$file" -F raw "$TMPDIR/ov.qcow2"
+      qemu-nbd -t -k "$SOCK" -f qcow2 "$TMPDIR/ov.qcow2" 2>>"$LOG" &
+      PID=$!
+      return ;;
   esac
-  rm -f "$SOCK"
   nbdkit -f -U "$SOCK" -t 16 "${filt[@]}" file "$file" "$@" 2>>"$LOG" &
   PID=$!
 }
@@ -182,7 +195,7 @@ ratio () { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; els
   echo "fio $(fio --version | sed 's/fio-//'), ioengine=nbd over a Unix socket, 1 GiB file export of random data,"
   echo "nbdkit -t 16, ${SECS} s per job, $RUNS run(s) each (configurations interleaved), a fresh"
   echo "nbdkit for every run.  Load average before / after: $LOAD_BEFORE / $LOAD_AFTER."
-  echo "luacow: $FILTER ($(stat -c %y "$FILTER" | cut -d. -f1))."
+  echo "luacow: $FILTER ($(stat -c %y "$FILTER" | cut -d. -f1)), with its journal on."
   echo
   echo "IOPS are medians; \"best\" is luacow's best run over bare's best run (load from"
   echo "elsewhere only ever lowers throughput).  \"met\": yes when the median ratio reaches the"
@@ -214,6 +227,111 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
   cp "$WORK/table.md" "$OUT"
   exit 0
 fi
+
+############################################################ durable jobs
+# fio with --fsync: every N writes an NBD flush, after 1 GiB was written.
+DJOBS=(sync1 sync16)
+DESC[sync1]="4 KiB random write, iodepth 1, flush every 64 writes"
+ARGS[sync1]="--rw=randwrite --bs=4k --iodepth=1 --fsync=64 --size=1g"
+DESC[sync16]="4 KiB random write, iodepth 16, flush every 32 writes"
+ARGS[sync16]="--rw=randwrite --bs=4k --iodepth=16 --fsync=32 --size=1g"
+DCONF=(bare luacow luacow-nj qemu-nbd)
+for job in "${DJOBS[@]}"; do
+  for run in $(seq 1 "$RUNS"); do
+    for config in "${DCONF[@]}"; do
+      file=$BASE
+      if [ "$config" = bare ]; then cp "$BASE" "$COPY" && sync "$COPY"; file=$COPY; fi
+      rm -rf "${TMPDIR:?}"/* 2>/dev/null
+      start "$config" "$file"
+      fio_iops prefill --rw=write --bs=1m --iodepth=4 --size=1g >/dev/null
+      # shellcheck disable=SC2086
+      read -r iops _ < <(fio_iops "$job-$config" "${TIMED[@]}" ${ARGS[$job]})
+      stop
+      RES[$job,$config]="${RES[$job,$config]:-} $iops"
+      say "bench: $job $config run $run: $iops IOPS"
+    done
+  done
+  for config in "${DCONF[@]}"; do
+    # shellcheck disable=SC2086
+    IOPS[$job,$config]=$(median ${RES[$job,$config]})
+  done
+done
+rm -f "$COPY"
+{
+  echo
+  echo "## Durable writes (fio --fsync, after 1 GiB was written)"
+  echo
+  echo "bare: \`nbdkit file\` (flush = fdatasync).  luacow: with its journal (flush = journal commit)"
+  echo "and without (flush makes nothing durable).  qemu-nbd: \`qemu-img create -f qcow2 -b base.img -F raw"
+  echo "ov.qcow2; qemu-nbd -t -k SOCK -f qcow2 ov.qcow2\`.  Medians of $RUNS runs; targets: luacow with"
+  echo "a journal >= 0.8x bare and >= 2x qemu-nbd."
+  echo
+  echo "| job | bare | luacow journal | luacow no journal | qemu-nbd qcow2 | journal/bare | journal/qemu-nbd | met |"
+  echo "|---|---:|---:|---:|---:|---:|---:|:---:|"
+  for job in "${DJOBS[@]}"; do
+    b=${IOPS[$job,bare]} l=${IOPS[$job,luacow]} n=${IOPS[$job,luacow-nj]} q=${IOPS[$job,qemu-nbd]}
+    rb=$(ratio "$l" "$b") rq=$(ratio "$l" "$q")
+    met=$(awk -v a="$rb" -v c="$rq" 'BEGIN { print (a + 0 >= 0.8 && c + 0 >= 2) ? "yes" : "**no**" }')
+    echo "| ${DESC[$job]} | $b | $l | $n | $q | $rb | $rq | $met |"
+  done
+  echo
+  for job in "${DJOBS[@]}"; do
+    echo "- $job:${RES[$job,bare]} /${RES[$job,luacow]} /${RES[$job,luacow-nj]} /${RES[$job,qemu-nbd]}"
+  done
+} >>"$WORK/table.md"
+
+############################################################ latencies
+cc -O2 -o "$WORK/latency" "$TOP/tests/bench/src/latency.c" -lnbd -lpthread || exit 1
+cc -O2 -o "$WORK/firstread" "$TOP/tests/bench/src/firstread.c" -lnbd || exit 1
+sparse=$WORK/sparse.img
+rm -f "$sparse"; truncate -s $((8 * 1024 * 1024 * 1024)) "$sparse"
+flush_latency () {  # OVERLAY-BYTES: "median p99" of 500 write+flush rounds
+  rm -rf "${TMPDIR:?}"/* 2>/dev/null
+  start luacow "$sparse"
+  fio_iops fill --rw=write --bs=1m --iodepth=4 --size="$1" --refill_buffers=1 >/dev/null
+  "$WORK/latency" flush "$SOCK" 500 "$1"
+  stop
+}
+say "bench: flush latency"
+read -r F64_P50 F64_P99 < <(flush_latency $((64 << 20)))
+read -r F2G_P50 F2G_P99 < <(flush_latency $((2 << 30)))
+
+say "bench: write latency during a checkpoint save of 2 GiB"
+cat >"$WORK/flushsave.lua" <<LUA
+return { events = { "flush" }, name = "$WORK/ckpt.qcow2",
+         save = function (ctx) return ctx.event == "flush" end }
+LUA
+rm -rf "${TMPDIR:?}"/* 2>/dev/null
+start luacow "$sparse" luacow-script="$WORK/flushsave.lua"
+fio_iops fill --rw=write --bs=1m --iodepth=4 --size=2g --refill_buffers=1 >/dev/null
+read -r CK_P99 CK_MAX CK_N CK_SAVE_MS < <("$WORK/latency" checkpoint "$SOCK" $((2 << 30)))
+stop
+
+say "bench: recovery of a journal holding 2 GiB of 4 KiB writes"
+rm -rf "${TMPDIR:?}"/* 2>/dev/null
+start luacow "$sparse"
+fio_iops fill4k --rw=write --bs=4k --iodepth=16 --size=2g --end_fsync=1 --refill_buffers=1 >/dev/null
+kill -KILL "$PID"; wait "$PID" 2>/dev/null; PID=
+JSIZE=$(du -m "$TMPDIR/bench.journal" | cut -f1)
+t0=$(now_ns)
+launch luacow "$sparse"
+"$WORK/firstread" "$SOCK" 60000 || exit 1
+REC_MS=$(ms_since "$t0")
+stop
+REC_LINE=$(grep 'recovered journal' "$LOG" | tail -1 | sed 's/.*recovered journal [^:]*: //')
+{
+  echo
+  echo "## Latencies and recovery (luacow with its journal)"
+  echo
+  echo "| what | value | target |"
+  echo "|---|---:|---:|"
+  echo "| flush after a 4 KiB write, 64 MiB of overlay: median / p99 | $F64_P50 / $F64_P99 ms | |"
+  echo "| flush after a 4 KiB write, 2 GiB of overlay: median / p99 | $F2G_P50 / $F2G_P99 ms | |"
+  echo "| 2 GiB over 64 MiB, median / p99 | $(ratio "$F2G_P50" "$F64_P50") / $(ratio "$F2G_P99" "$F64_P99") | <= 1.5 |"
+  echo "| 4 KiB writes sent during a checkpoint save of 2 GiB ($CK_N writes, save $CK_SAVE_MS ms): p99 / max | $CK_P99 / $CK_MAX ms | a few ms |"
+  echo "| recovery of a journal of 2 GiB of 4 KiB writes (${JSIZE} MiB): nbdkit start to first read answered | $(secs "$REC_MS") s | < 2 s |"
+  echo "| its log line | $REC_LINE | |"
+} >>"$WORK/table.md"
 
 ############################################################ save timings
 # write_random SIZE SEED: 256 MiB in random 4 KiB..1 MiB pieces (4 KiB
@@ -291,7 +409,6 @@ done
 
 ############################################################ reload timing
 say "bench: reload timing (2 GiB save)"
-cc -O2 -o "$WORK/firstread" "$TOP/tests/bench/src/firstread.c" -lnbd || exit 1
 base=$WORK/sparse.img save=$WORK/big.qcow2
 rm -f "$base" "$save"; truncate -s $((8 * 1024 * 1024 * 1024)) "$base"
 start luacow "$base" luacow-save="$save"
