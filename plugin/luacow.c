@@ -315,6 +315,21 @@ build_overlay (uint64_t size, const struct ov_lower *lower)
     .journal = journal_path, .base = loaded_path,
   };
   overlay = overlay_open (&o, &rec, oerr);
+  if (overlay && rec.recovered && rec.commits == 0) {
+    /* A start that died before its first commit (the reload's): nothing
+     * was ever acknowledged, so start afresh as the policy says.
+     */
+    fprintf (stderr, "nbdkit: luacow: journal %s holds no commit: starting afresh\n",
+             journal_path);
+    if (overlay_discard_journal (overlay) == -1) {
+      nbdkit_error ("luacow: journal %s: cannot remove it: %m", journal_path);
+      return -1;
+    }
+    overlay_free (overlay);
+    free (journal_path);
+    journal_path = NULL;
+    return build_overlay (size, lower);
+  }
   if (!overlay) {
     if (journal_path)
       nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);

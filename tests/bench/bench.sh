@@ -64,14 +64,14 @@ say () { echo "$*" >&2; }
 # launch CONFIG FILE [ARGS...]: a fresh nbdkit on $SOCK, not waited for.
 launch () {
   local config=$1 file=$2; shift 2
-  local filt=()
+  local filt=() extra=()
   rm -f "$SOCK"
   case $config in
     bare) ;;
     cow) filt=(--filter=cow) ;;
     # luacow's overlay in a journal (the default whenever a save is named)
-    luacow) filt=(--filter="$FILTER" luacow-journal="$TMPDIR/bench.journal") ;;
-    luacow-nj) filt=(--filter="$FILTER" luacow-journal=off) ;;
+    luacow) filt=(--filter="$FILTER"); extra=(luacow-journal="$TMPDIR/bench.journal") ;;
+    luacow-nj) filt=(--filter="$FILTER"); extra=(luacow-journal=off) ;;
     qemu-nbd)                       # a qcow2 overlay over the same raw base
       rm -f "$TMPDIR/ov.qcow2"
       qemu-img create -q -f qcow2 -b "$file" -F raw "$TMPDIR/ov.qcow2"
@@ -79,7 +79,7 @@ launch () {
       PID=$!
       return ;;
   esac
-  nbdkit -f -U "$SOCK" -t 16 "${filt[@]}" file "$file" "$@" 2>>"$LOG" &
+  nbdkit -f -U "$SOCK" -t 16 "${filt[@]}" file "$file" "${extra[@]}" "$@" 2>>"$LOG" &
   PID=$!
 }
 # start CONFIG FILE [ARGS...]: launch, and wait for the socket.

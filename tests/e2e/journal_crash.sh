@@ -71,6 +71,19 @@ checkv "reload: from the save, not a journal" grep_log "luacow: reloaded $d/ov.q
 stop_nb
 check "the base was never written" test "$(sha256sum < "$d/base.raw")" = "$sum_base"
 
+# A journal that never got a commit (killed before anything was written):
+# the next start ignores it and reloads what the policy names.
+start_nb nocommit file "$d/base.raw" luacow-save="$d/other.qcow2"
+kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null
+check "no commit: the killed start left a journal" test -s "$d/other.qcow2.journal"
+start_nb nocommit2 file "$d/base.raw" luacow-save="$d/other.qcow2" luacow-load="$d/ov.qcow2"
+checkv "no commit: the next start says so and starts afresh" grep_log "journal $d/other.qcow2.journal holds no commit: starting afresh"
+checkv "no commit: ... and reloads the policy's file" grep_log "luacow: reloaded $d/ov.qcow2: "
+timeout 120 "$CC_OUT" "$SCRATCH/nocommit2.sock" "$STATE" 4 0 > "$SCRATCH/nocommit2.out"
+pass_fail_to_tap "no commit: the reloaded disk" "$SCRATCH/nocommit2.out"
+stop_nb
+rm -f "$d/other.qcow2" "$d/other.qcow2.journal"*
+
 # ------------------------------------------------------------- refusals
 note "--- refusals"
 # A journal left by a kill, with a reloaded base (so it has a .base link).
