@@ -17,6 +17,9 @@
 --    backing       when saving        ctx          nil, path, or {file=, format=, embed=}
 --    compress      when saving        ctx          false, true/"deflate", or "zstd"
 --    saved         after a save       ctx, result  ignored
+--    cow_on_read   once at startup    disk         false, true, or a path: copy reads
+--                                                  into the overlay (while it exists)
+--    cow_on_cache  once at startup    disk         boolean: NBD_CMD_CACHE fills the overlay
 --
 -- `disk` is `{size, cluster_size, params, cwd, script}`; `ctx` is disk's
 -- fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
@@ -40,7 +43,7 @@ M._VERSION = "luacow scm"
 
 --- The valid policy field names, in documentation order.
 M.FIELDS = { "cluster_size", "load", "events", "interval", "save", "name",
-             "backing", "compress", "saved" }
+             "backing", "compress", "saved", "cow_on_read", "cow_on_cache" }
 
 --- The events a policy may ask for besides "exit" (which is always on).
 M.EVENTS = { "flush", "close", "interval" }
@@ -222,6 +225,18 @@ end
 function check.saved (v)
   if v == nil or type(v) == "function" then return nil end
   fail("saved must be nil or a function, got " .. show(v))
+end
+
+function check.cow_on_read (v)
+  if v == nil or v == false then return false end
+  if v == true or (type(v) == "string" and v ~= "") then return v end
+  fail("cow_on_read must be false, true or a path (non-empty string), got " .. show(v))
+end
+
+function check.cow_on_cache (v)
+  if v == nil then return false end
+  if type(v) == "boolean" then return v end
+  fail("cow_on_cache must be a boolean, got " .. show(v))
 end
 
 ---------------------------------------------------------------- library
@@ -475,7 +490,7 @@ end
 -- taken from here.
 -- @table default
 M.default = {
-  --- 64 KiB clusters, as qemu-img.
+  --- 64 KiB clusters, as qemu-img (the filter sets cow-block-size= here).
   cluster_size = 65536,
   --- Reload `luacow-load=PATH` if that file exists (relative to disk.cwd).
   load = function (disk)
@@ -498,6 +513,10 @@ M.default = {
   compress = false,
   --- Nothing after a save.
   saved = nil,
+  --- cow-on-read= on the command line (the filter sets it), else false.
+  cow_on_read = false,
+  --- cow-on-cache= on the command line (the filter sets it), else false.
+  cow_on_cache = false,
 }
 M.default.save = default_save(M.default)
 
@@ -578,6 +597,8 @@ end
 --   a string s gives `{file=s, format="raw", embed=false}`
 -- * compress: false, "deflate" or "zstd" (true gives "deflate")
 -- * saved: the function is called, its result ignored; returns nil
+-- * cow_on_read: false, true or a path (nil gives false)
+-- * cow_on_cache: boolean (nil gives false)
 --
 -- Wrong results raise `"<field> must be ..., got ..."` without position.
 -- @tparam table P from `luacow.policy`

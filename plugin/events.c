@@ -47,7 +47,7 @@ interval_main (void *arg)
       break;
     pthread_mutex_unlock (&interval_lock);
     int err;
-    events_fire ("interval", &err);
+    events_fire ("interval", NULL, &err);
     pthread_mutex_lock (&interval_lock);
   }
   pthread_mutex_unlock (&interval_lock);
@@ -156,7 +156,7 @@ log_saved (const char *event, const struct policy_plan *plan, const struct save_
 /* Save per plan; the gate makes it a point-in-time image while serving. */
 static int
 save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_size,
-           struct save_result *res, char err[SAVE_ERRLEN])
+           const struct ov_lower *lower, struct save_result *res, char err[SAVE_ERRLEN])
 {
   struct save_request req = {
     .path = plan->path, .cluster_size = cluster_size,
@@ -169,7 +169,7 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
   if (gated && !exiting)
     pthread_rwlock_wrlock (&gate);
   overlay_stats (env.ov, &st);          /* what this image will hold */
-  int r = save_overlay (env.ov, env.lower, &req, res, err);
+  int r = save_overlay (env.ov, lower, &req, res, err);
   if (gated && !exiting)
     pthread_rwlock_unlock (&gate);
   if (r == 0) {
@@ -191,7 +191,7 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
  * for small clusters.
  */
 static void
-rescue (const char *why)
+rescue (const char *why, const struct ov_lower *lower)
 {
   struct ov_stats st;
   overlay_stats (env.ov, &st);
@@ -211,7 +211,7 @@ rescue (const char *why)
                     strcmp (dirs[i], "/") == 0 ? "" : dirs[i], (long) time (NULL),
                     (long) getpid ()) == -1)
         continue;
-      int r = save_with ("exit", &plan, sizes[k], &res, err);
+      int r = save_with ("exit", &plan, sizes[k], lower, &res, err);
       if (r == 0)
         nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, plan.path);
       else
@@ -224,9 +224,11 @@ rescue (const char *why)
   nbdkit_error ("luacow: %s; no rescue file could be written: the overlay is lost", why);
 }
 
-/* Ask the policy and save.  Returns 0 (saved or not wanted), or -1. */
+/* Ask the policy and save, reading the plugin through lower (NULL: the
+ * setup's, released afterwards).  Returns 0 (saved or not wanted), or -1.
+ */
 static int
-run (const char *event)
+run (const char *event, const struct ov_lower *lower)
 {
   struct policy_ctx ctx;
   struct policy_plan plan;
@@ -236,6 +238,9 @@ run (const char *event)
   int r = 0;
 
   pthread_mutex_lock (&save_lock);
+  bool own = lower == NULL;
+  if (own)
+    lower = env.lower;
   /* ctx keeps its own copy: a save replaces last_save_path before the
    * saved hook sees ctx.
    */
@@ -245,13 +250,13 @@ run (const char *event)
   if (policy_should_save (env.policy, &ctx, &yes, perr) == -1 ||
       (yes && policy_make_plan (env.policy, &ctx, &plan, perr) == -1)) {
     if (exiting)
-      rescue (perr);
+      rescue (perr, lower);
     else
       nbdkit_error ("luacow: %s event: %s", event, perr);
     r = -1;
   }
   else if (yes) {
-    if (save_with (event, &plan, env.cluster_size, &res, serr) == 0) {
+    if (save_with (event, &plan, env.cluster_size, lower, &res, serr) == 0) {
       struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
                                     res.bytes, res.seconds };
       policy_saved (env.policy, &ctx, &pres);
@@ -259,7 +264,7 @@ run (const char *event)
     else {
       snprintf (why, sizeof why, "save to %s failed: %s", plan.path, serr);
       if (exiting)
-        rescue (why);
+        rescue (why, lower);
       else
         nbdkit_error ("luacow: %s event: %s", event, why);
       r = -1;
@@ -267,16 +272,18 @@ run (const char *event)
     policy_plan_clear (&plan);
   }
   free (last);
+  if (own && env.lower_done)
+    env.lower_done ();
   pthread_mutex_unlock (&save_lock);
   return r;
 }
 
 int
-events_fire (const char *event, int *err)
+events_fire (const char *event, const struct ov_lower *lower, int *err)
 {
   if (!started)
     return 0;
-  if (run (event) == -1) {
+  if (run (event, lower) == -1) {
     *err = EIO;
     return -1;
   }
@@ -296,7 +303,7 @@ events_exit (void)
     pthread_join (interval_thread, NULL);
     interval_running = false;
   }
-  run ("exit");
+  run ("exit", NULL);
   started = false;
   free (last_save_path);
   last_save_path = NULL;

@@ -229,9 +229,29 @@ set_string_field (lua_State *L, const char *key, const char *value)
   lua_setfield (L, -2, key);
 }
 
+/* luacow.default (the table on top) takes cow's parameters. */
+static void
+set_defaults (lua_State *L, const struct policy_defaults *d)
+{
+  lua_getfield (L, -1, "default");
+  if (d->cluster_size) {
+    lua_pushinteger (L, d->cluster_size);
+    lua_setfield (L, -2, "cluster_size");
+  }
+  if (d->cow_read_path)
+    lua_pushstring (L, d->cow_read_path);
+  else
+    lua_pushboolean (L, d->cow_on_read);
+  lua_setfield (L, -2, "cow_on_read");
+  lua_pushboolean (L, d->cow_on_cache);
+  lua_setfield (L, -2, "cow_on_cache");
+  lua_pop (L, 1);
+}
+
 struct policy *
 policy_new (const char *script, const struct policy_param *params, size_t nparams,
-            const char *cwd, double budget, char err[POLICY_ERRLEN])
+            const char *cwd, double budget, const struct policy_defaults *defaults,
+            char err[POLICY_ERRLEN])
 {
   struct policy *p = calloc (1, sizeof *p);
   if (!p) {
@@ -298,6 +318,8 @@ policy_new (const char *script, const struct policy_param *params, size_t nparam
   }
   lua_getfield (L, -1, "evaluate");
   p->evaluate_ref = luaL_ref (L, LUA_REGISTRYINDEX);
+  if (defaults)
+    set_defaults (L, defaults);
   lua_getfield (L, -1, "policy");            /* stack: luacow, luacow.policy */
 
   /* Run the script once; its result goes through luacow.policy. */
@@ -550,6 +572,39 @@ pop_string (struct policy *p, char **out, bool resolve, char err[POLICY_ERRLEN])
   }
   lua_pop (p->L, 1);
   return 0;
+}
+
+int
+policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
+            char err[POLICY_ERRLEN])
+{
+  lua_State *L = p->L;
+  int r = -1;
+  *read_path = NULL;
+  pthread_mutex_lock (&p->lock);
+  begin_field (p, "cow_on_read");
+  push_disk (p);
+  if (evaluate_field (p, "cow_on_read", 1, err) == 0) {
+    *on_read = lua_toboolean (L, -1);
+    if (lua_type (L, -1) == LUA_TSTRING)
+      r = pop_string (p, read_path, true, err);
+    else {
+      lua_pop (L, 1);
+      r = 0;
+    }
+  }
+  if (r == 0) {
+    r = -1;
+    begin_field (p, "cow_on_cache");
+    push_disk (p);
+    if (evaluate_field (p, "cow_on_cache", 1, err) == 0) {
+      *on_cache = lua_toboolean (L, -1);
+      lua_pop (L, 1);
+      r = 0;
+    }
+  }
+  pthread_mutex_unlock (&p->lock);
+  return r;
 }
 
 int
