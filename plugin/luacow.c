@@ -215,15 +215,34 @@ luacow_thread_model (void)
   return NBDKIT_THREAD_MODEL_PARALLEL;
 }
 
+struct file_check {
+  struct qcow2_image *img;
+  char *buf;                  /* one cluster */
+  struct qcow2_err *err;
+  bool bad;                   /* a compressed cluster failed: */
+  uint64_t guest;             /* this one */
+};
+
+/* Compressed clusters are inflated (and thrown away) so that a bad
+ * stream stops the start too; the reload inflates them again.
+ */
 static int
-no_op_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
+check_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
 {
-  (void) opaque; (void) guest; (void) c;
+  struct file_check *fc = opaque;
+  if (c->kind != QCOW2_COMPRESSED)
+    return 0;
+  if (qcow2_read_compressed (fc->img, c, fc->buf, fc->err) == -1) {
+    fc->bad = true;
+    fc->guest = guest;
+    return -1;
+  }
   return 0;
 }
 
-/* The file to reload, checked without the plugin: header, tables and
- * every L2 entry.  Its size is compared with the export's at first open.
+/* The file to reload, checked without the plugin: header, tables, every
+ * L2 entry and compressed cluster.  Its size is compared with the
+ * export's at first open.
  */
 static int
 check_reload_file (const char *path)
@@ -234,12 +253,19 @@ check_reload_file (const char *path)
     nbdkit_error ("luacow: %s: cannot open: %m", path);
     return -1;
   }
-  struct qcow2_image *img = qcow2_open (fd, &qerr);
-  int r = img && qcow2_for_each_cluster (img, no_op_cluster, NULL, &qerr) == 0 ? 0 : -1;
-  if (r == -1)
+  struct file_check fc = { qcow2_open (fd, &qerr), NULL, &qerr, false, 0 };
+  int r = -1;
+  if (fc.img && !(fc.buf = malloc (qcow2_cluster_size (fc.img))))
+    snprintf (qerr.msg, sizeof qerr.msg, "out of memory");
+  else if (fc.img)
+    r = qcow2_for_each_cluster (fc.img, check_cluster, &fc, &qerr) == 0 ? 0 : -1;
+  if (r == -1 && fc.bad)
+    nbdkit_error ("luacow: %s: compressed cluster %" PRIu64 ": %s", path, fc.guest, qerr.msg);
+  else if (r == -1)
     nbdkit_error ("luacow: %s: %s", path, qerr.msg);
-  if (img)
-    qcow2_close (img);
+  free (fc.buf);
+  if (fc.img)
+    qcow2_close (fc.img);
   close (fd);
   return r;
 }
