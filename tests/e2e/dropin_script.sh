@@ -53,6 +53,13 @@ $byte$byte$byte" ] && [ $ran = "$want" ]; then ok "$label"
   else fail "$label (got '$out', policy ran: $ran)"; sed 's/^/#   /' nbdkit.log; fi
 }
 
+note "--- the issue's reproducer, as written"
+printf '#!/bin/bash\ncase "$1" in get_size) echo 1M;; pread) head -c $3 /dev/zero;; *) exit 2;; esac\n' > repro.sh
+chmod +x repro.sh
+# shellcheck disable=SC2016
+checkv "nbdkit -U - --filter=luacow sh ./repro.sh --run 'nbdinfo --size \$uri' prints 1048576" \
+  test "$(timeout 60 nbdkit -U - --filter="$FILTER" sh ./repro.sh --run 'nbdinfo --size $uri' 2>&1)" = 1048576
+
 note "--- the plugin keeps its script (positional, script=, with other parameters)"
 served "sh ./plug.sh" S no sh ./plug.sh
 served "sh script=./plug.sh" S no sh script=./plug.sh
