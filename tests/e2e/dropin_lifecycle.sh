@@ -86,6 +86,10 @@ assert open('cmd.seen','rb').read() == bytes(b)"
 checkv "nbd command=qemu-nbd: saved at exit, rebased it is what the client saw" \
   bash -c "qemu-img rebase -u -b '$SCRATCH/base.img' -F raw cmd.qcow2 && qemu-img compare -f qcow2 -F raw cmd.qcow2 cmd.seen"
 
+out=$(timeout 60 nbdkit -U - --filter="$FILTER" nbd command=qemu-nbd arg=-f arg=raw arg=-r arg="$SCRATCH/base.img" \
+        shared=true luacow-load="$SCRATCH/cmd.qcow2" --run 'nbdcopy "$uri" - | cmp - '"$SCRATCH"'/cmd.seen && echo same' 2>cmd2.log)
+checkv "nbd command= shared=true: reloads the save at the first client, which reads it back" test "$out" = same
+
 note "--- an NBD server that takes one client (qemu-nbd -t, --shared=1)"
 rm -f q.sock
 qemu-nbd -t -k "$SCRATCH/q.sock" -f raw -r base.img 2>qemu-nbd.log & QPID=$!
