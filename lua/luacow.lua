@@ -8,8 +8,9 @@
 -- function called with the arguments listed below that returns the value.
 --
 --    field         when               gets         returns
---    cluster_size  once at startup    disk         power of two 512..2097152, or "64K"
+--    cluster_size  at the 1st client  disk         power of two 512..2097152, or "64K"
 --    load          once at startup    disk         nil/false, or a path to reload
+--                                                  (disk.size is not known yet)
 --    events        startup            -            list of "flush", "close", "interval"
 --    interval      startup            -            seconds between "interval" events
 --    save          "exit" + events    ctx          boolean: save now?
