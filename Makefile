@@ -25,7 +25,7 @@ LDLIBS      = $(PKG_LIBS) -lpthread -lm
 
 FILTER      = plugin/nbdkit-luacow-filter.so
 MANPAGE     = plugin/nbdkit-luacow-filter.1
-LIB_SRCS    = $(filter-out plugin/luacow.c,$(wildcard plugin/*.c))
+LIB_SRCS    = $(filter-out plugin/luacow.c plugin/config.c,$(wildcard plugin/*.c))
 LIB_OBJS    = $(LIB_SRCS:.c=.o)
 GEN_LUA     = plugin/gen/luacow_lua.h
 UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
@@ -47,7 +47,7 @@ $(GEN_LUA): lua/luacow.lua tools/embed.lua
 	@mkdir -p plugin/gen
 	lua5.4 tools/embed.lua luacow_lua $< > $@.tmp && mv $@.tmp $@
 
-$(FILTER): plugin/luacow.o $(LIB_OBJS)
+$(FILTER): plugin/luacow.o plugin/config.o $(LIB_OBJS)
 	$(CC) -shared -o $@ $^ $(LDLIBS) $(SAN)
 
 # The library's C part, for policies tested outside nbdkit (the filter has
@@ -70,7 +70,8 @@ unit: $(UNIT_BINS)
 DEB_PKGS = nbdkit nbdkit-plugin-dev liblua5.4-dev lua5.4 lua-busted zlib1g-dev \
            libzstd-dev libxxhash-dev qemu-utils libnbd-bin libnbd-dev python3-libnbd fio luarocks \
            pkg-config gcc make clang libclang-rt-14-dev clang-tidy cppcheck valgrind \
-           perl e2fsprogs util-linux procps xz-utils nbdkit-plugin-lua coreutils
+           perl e2fsprogs util-linux procps xz-utils nbdkit-plugin-lua coreutils \
+           nbdkit-plugin-python nbdkit-plugin-perl
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

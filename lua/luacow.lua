@@ -8,9 +8,11 @@
 -- function called with the arguments listed below that returns the value.
 --
 --    field         when               gets         returns
---    cluster_size  once at startup    disk         power of two 512..2097152, or "64K"
+--    cluster_size  at the 1st client  disk         power of two 512..2097152, or "64K"
 --    load          once at startup    disk         nil/false, or a path to reload
+--                                                  (disk.size is not known yet)
 --    journal       once at startup    disk         false, or the path of the journal
+--                                                  (disk.size is not known yet)
 --    events        startup            -            list of "flush", "close", "interval"
 --    interval      startup            -            seconds between "interval" events
 --    save          "exit" + events    ctx          boolean: save now?
@@ -18,6 +20,9 @@
 --    backing       when saving        ctx          nil, path, or {file=, format=, embed=}
 --    compress      when saving        ctx          false, true/"deflate", or "zstd"
 --    saved         after a save       ctx, result  ignored
+--    cow_on_read   once at startup    disk         false, true, or a path: copy reads
+--                                                  into the overlay (while it exists)
+--    cow_on_cache  once at startup    disk         boolean: NBD_CMD_CACHE fills the overlay
 --
 -- `disk` is `{size, cluster_size, params, cwd, script, recovered}`; `ctx` is
 -- disk's fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
@@ -45,7 +50,7 @@ M._VERSION = "luacow scm"
 
 --- The valid policy field names, in documentation order.
 M.FIELDS = { "cluster_size", "load", "journal", "events", "interval", "save", "name",
-             "backing", "compress", "saved" }
+             "backing", "compress", "saved", "cow_on_read", "cow_on_cache" }
 
 --- The events a policy may ask for besides "exit" (which is always on).
 M.EVENTS = { "flush", "close", "interval" }
@@ -244,6 +249,18 @@ end
 function check.saved (v)
   if v == nil or type(v) == "function" then return nil end
   fail("saved must be nil or a function, got " .. show(v))
+end
+
+function check.cow_on_read (v)
+  if v == nil or v == false then return false end
+  if v == true or (type(v) == "string" and v ~= "") then return v end
+  fail("cow_on_read must be false, true or a path (non-empty string), got " .. show(v))
+end
+
+function check.cow_on_cache (v)
+  if v == nil then return false end
+  if type(v) == "boolean" then return v end
+  fail("cow_on_cache must be a boolean, got " .. show(v))
 end
 
 ---------------------------------------------------------------- library
@@ -547,7 +564,7 @@ end
 -- taken from here.
 -- @table default
 M.default = {
-  --- 64 KiB clusters, as qemu-img.
+  --- 64 KiB clusters, as qemu-img (the filter sets cow-block-size= here).
   cluster_size = 65536,
   --- Reload `luacow-load=PATH` if that file exists (relative to disk.cwd).
   load = function (disk)
@@ -572,6 +589,10 @@ M.default = {
   compress = false,
   --- Nothing after a save.
   saved = nil,
+  --- cow-on-read= on the command line (the filter sets it), else false.
+  cow_on_read = false,
+  --- cow-on-cache= on the command line (the filter sets it), else false.
+  cow_on_cache = false,
 }
 M.default.save = default_save(M.default)
 M.default.journal = default_journal(M.default)
@@ -656,6 +677,8 @@ end
 --   a string s gives `{file=s, format="raw", embed=false}`
 -- * compress: false, "deflate" or "zstd" (true gives "deflate")
 -- * saved: the function is called, its result ignored; returns nil
+-- * cow_on_read: false, true or a path (nil gives false)
+-- * cow_on_cache: boolean (nil gives false)
 --
 -- Wrong results raise `"<field> must be ..., got ..."` without position.
 -- @tparam table P from `luacow.policy`

@@ -46,7 +46,7 @@ interval_main (void *arg)
       break;
     pthread_mutex_unlock (&interval_lock);
     int err;
-    events_fire ("interval", &err);
+    events_fire ("interval", NULL, &err);
     pthread_mutex_lock (&interval_lock);
   }
   pthread_mutex_unlock (&interval_lock);
@@ -137,7 +137,7 @@ log_saved (const char *event, const struct policy_plan *plan, const struct save_
  */
 static int
 save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_size,
-           bool rescuing, struct save_result *res, char err[SAVE_ERRLEN])
+           const struct ov_lower *lower, struct save_result *res, char err[SAVE_ERRLEN])
 {
   struct save_request req = {
     .path = plan->path, .cluster_size = cluster_size,
@@ -152,9 +152,9 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
     return -1;
   }
   overlay_stats (view, &st);            /* what this image will hold */
-  int r = save_overlay (view, env.lower, &req, res, err);
+  int r = save_overlay (view, lower, &req, res, err);
   overlay_free (view);
-  if (r == 0 && !rescuing && strcmp (event, "exit") == 0 &&
+  if (r == 0 && strcmp (event, "exit") == 0 &&
       overlay_discard_journal (env.ov) == -1)
     nbdkit_error ("luacow: saved %s, but cannot remove the journal: %m", plan->path);
   if (r == 0) {
@@ -172,16 +172,18 @@ save_with (const char *event, const struct policy_plan *plan, uint32_t cluster_s
  * of our own (rescue.h).
  */
 static void
-rescue (const char *why)
+rescue (const char *why, const struct ov_lower *lower)
 {
-  const struct rescue_setup rs = { .ov = env.ov, .lower = env.lower, .cwd = env.cwd,
+  const struct rescue_setup rs = { .ov = env.ov, .lower = lower, .cwd = env.cwd,
                                    .cluster_size = env.cluster_size };
   (void) rescue_overlay (&rs, why);
 }
 
-/* Ask the policy and save.  Returns 0 (saved or not wanted), or -1. */
+/* Ask the policy and save, reading the plugin through lower (NULL: the
+ * setup's, released afterwards).  Returns 0 (saved or not wanted), or -1.
+ */
 static int
-run (const char *event)
+run (const char *event, const struct ov_lower *lower)
 {
   struct policy_ctx ctx;
   struct policy_plan plan;
@@ -191,6 +193,9 @@ run (const char *event)
   int r = 0;
 
   pthread_mutex_lock (&save_lock);
+  bool own = lower == NULL;
+  if (own)
+    lower = env.lower;
   /* ctx keeps its own copy: a save replaces last_save_path before the
    * saved hook sees ctx.
    */
@@ -200,13 +205,13 @@ run (const char *event)
   if (policy_should_save (env.policy, &ctx, &yes, perr) == -1 ||
       (yes && policy_make_plan (env.policy, &ctx, &plan, perr) == -1)) {
     if (exiting)
-      rescue (perr);
+      rescue (perr, lower);
     else
       nbdkit_error ("luacow: %s event: %s", event, perr);
     r = -1;
   }
   else if (yes) {
-    if (save_with (event, &plan, env.cluster_size, false, &res, serr) == 0) {
+    if (save_with (event, &plan, env.cluster_size, lower, &res, serr) == 0) {
       struct policy_result pres = { plan.path, res.data_clusters, res.zero_clusters,
                                     res.bytes, res.seconds };
       policy_saved (env.policy, &ctx, &pres);
@@ -214,7 +219,7 @@ run (const char *event)
     else {
       snprintf (why, sizeof why, "save to %s failed: %s", plan.path, serr);
       if (exiting)
-        rescue (why);
+        rescue (why, lower);
       else
         nbdkit_error ("luacow: %s event: %s", event, why);
       r = -1;
@@ -228,16 +233,18 @@ run (const char *event)
       overlay_discard_journal (env.ov) == -1)
     nbdkit_error ("luacow: cannot remove the journal: %m");
   free (last);
+  if (own && env.lower_done)
+    env.lower_done ();
   pthread_mutex_unlock (&save_lock);
   return r;
 }
 
 int
-events_fire (const char *event, int *err)
+events_fire (const char *event, const struct ov_lower *lower, int *err)
 {
   if (!started)
     return 0;
-  if (run (event) == -1) {
+  if (run (event, lower) == -1) {
     *err = EIO;
     return -1;
   }
@@ -257,7 +264,7 @@ events_exit (void)
     pthread_join (interval_thread, NULL);
     interval_running = false;
   }
-  run ("exit");
+  run ("exit", NULL);
   started = false;
   free (last_save_path);
   last_save_path = NULL;

@@ -16,7 +16,8 @@
 struct events_setup {
   struct overlay *ov;
   struct policy *policy;
-  const struct ov_lower *lower;   /* the shared plugin context */
+  const struct ov_lower *lower;   /* for interval and exit saves */
+  void (*lower_done) (void);      /* called after each save through lower */
   uint32_t cluster_size;
   const char *cwd;
   const char *loaded;             /* path reloaded at start, or NULL */
@@ -32,9 +33,11 @@ int events_start (const struct events_setup *setup);
 int events_wanted (unsigned event);
 
 /* Run the policy for "flush", "close" or "interval", saving if it says
- * so.  Returns -1 (errno-style *err) when a save was wanted but failed.
+ * so; a save reads the plugin through lower (the client's context; NULL:
+ * the setup's).  Returns -1 (errno-style *err) when a save was wanted but
+ * failed.
  */
-int events_fire (const char *event, int *err);
+int events_fire (const char *event, const struct ov_lower *lower, int *err);
 
 /* At exit: stop the interval thread, ask the policy, save or rescue. */
 void events_exit (void);

@@ -534,10 +534,9 @@ finish_replay (struct replay *r)
   return apply_pending (r);
 }
 
-static int
-read_header (struct store *st, struct jheader *h, char err[JOURNAL_ERRLEN])
+int
+journal_read_header (const struct jio *io, struct jheader *h, char err[JOURNAL_ERRLEN])
 {
-  const struct jio *io = store_io (st);
   unsigned char buf[JOURNAL_HEADER_SIZE];
   struct jheader c[2];
   bool ok[2];
@@ -562,7 +561,7 @@ journal_recover (struct store *st, struct slots *sl, uint64_t export_size,
                  struct journal_recovery *rec, char err[JOURNAL_ERRLEN])
 {
   memset (rec, 0, sizeof *rec);
-  if (read_header (st, hdr, err) == -1)
+  if (journal_read_header (store_io (st), hdr, err) == -1)
     return NULL;
   if (hdr->export_size != export_size) {
     snprintf (err, JOURNAL_ERRLEN, "the journal is for an export of %llu bytes, this export has %llu",

@@ -55,6 +55,9 @@ struct journal *journal_recover (struct store *st, struct slots *sl, uint64_t ex
                                  struct journal_recovery *rec, char err[JOURNAL_ERRLEN]);
 void journal_free (struct journal *j);
 
+/* The newest valid header of the journal file behind io.  0 or -1 (err). */
+int journal_read_header (const struct jio *io, struct jheader *h, char err[JOURNAL_ERRLEN]);
+
 /* The log segments of the current chain, to mark them in use (recovery). */
 void journal_segments (const struct journal *j, void (*fn) (void *, uint64_t, uint64_t),
                        void *opaque);

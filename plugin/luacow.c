@@ -1,12 +1,24 @@
 /* luacow: nbdkit filter callbacks, in lifecycle order.
  *
- * Each callback hands off: requests to the overlay, events to events.c,
- * policy to policy.c, reloads to load.c.  The plugin below is always opened
- * read-only and never written.
+ * Each callback hands off: parameters to config.c, requests to the
+ * overlay, events to events.c, policy to policy.c, reloads to load.c.  The
+ * plugin below is always opened read-only and never written.
+ *
+ * The plugin is opened only as often as the cow filter opens it: once per
+ * client connection.  Startup (before nbdkit forks) checks what it can
+ * without the plugin: the policy, the file to reload (its qcow2
+ * structure), the overlay store's directory.  The first client's
+ * connection then gives the export size: the cluster size is chosen, the
+ * overlay built and the file reloaded through that connection's plugin
+ * context.  Saves read the plugin through the client's context (flush,
+ * close) or, at exit and interval, through a context opened only when a
+ * save needs to read and closed after it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,40 +30,42 @@
 #include <nbdkit-filter.h>
 
 #include "clock.h"
+#include "config.h"
 #include "events.h"
 #include "load.h"
 #include "overlay.h"
 #include "policy.h"
+#include "qcow2.h"
+#include "qcow2_common.h"
+#include "store.h"
 
 /* -D luacow.verbose=1 logs startup decisions and the overlay's size. */
 NBDKIT_DLL_PUBLIC int luacow_debug_verbose = 0;
 
-#define MAX_PARAMS 64
 #define DEFAULT_BUDGET 10.0   /* seconds a policy hook may run */
+#define PREFERRED_BLOCK 65536 /* the block size hint cow sends by default */
 
-static char *script;                  /* the policy: absolute path, or NULL */
-static char *first_script;            /* the first script= (see luacow_config) */
-static char *luacow_script;           /* luacow-script=, absolute */
-struct held_param { char *key, *value; };
-static struct held_param held[MAX_PARAMS];
-static size_t nheld;
-static nbdkit_next_config *config_next;
-static nbdkit_backend *config_nxdata;
-static struct policy_param params[MAX_PARAMS];
-static size_t nparams;
+static struct luacow_config cfg;
 static char *start_dir;
 static struct policy *policy;
 static unsigned event_mask;
 static double event_interval;
-
-static nbdkit_backend *backend;       /* the plugin, from config_complete on */
-static nbdkit_next *shared;           /* plugin context for saves, after the fork */
-static uint32_t cluster_size;
 static double started_at;
+static char *load_path;               /* what the policy reloads, checked at startup */
+static char *journal_path;            /* NULL: nothing survives a crash */
+/* cow-on-read / cow-on-cache as the policy decided (for the overlay's
+ * copying, which is not implemented yet).
+ */
+static bool cow_read_on, cow_cache_on;
+static char *cow_read_path;
+
+/* Built at the first client's prepare, under init_lock. */
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct overlay *overlay;
+static uint32_t cluster_size;
 static struct load_result loaded;
 static char *loaded_path;
-static char *journal_path;            /* NULL: nothing survives a crash */
+static char *init_error;              /* a failed first open fails every later one */
 
 /* The plugin below, as the overlay reads it. */
 static int
@@ -61,168 +75,7 @@ next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
   return next->pread (next, buf, count, offset, 0, err);
 }
 
-static void
-luacow_unload (void)
-{
-  overlay_free (overlay);       /* also closes the reloaded file */
-  free (loaded_path);
-  free (journal_path);
-  policy_free (policy);
-  if (script != luacow_script)
-    free (script);
-  free (luacow_script);
-  free (first_script);
-  for (size_t i = 0; i < nheld; ++i) {
-    free (held[i].key);
-    free (held[i].value);
-  }
-  for (size_t i = 0; i < nparams; ++i) {
-    free ((char *) params[i].name);
-    free ((char *) params[i].value);
-  }
-  free (start_dir);
-}
-
-static char *
-absolute (const char *path)
-{
-  char cwd[PATH_MAX];
-  if (path[0] == '/' || !getcwd (cwd, sizeof cwd))
-    return strdup (path);
-  return policy_resolve (cwd, path);
-}
-
-/* The first script= is the policy unless luacow-script= names one, before
- * or after it; every other script= belongs to the plugin (lua, python,
- * perl... take script= themselves, and nbdkit turns a bare script name
- * after the plugin into script=).  Until config_complete knows which it
- * is, the plugin's parameters after that first script= are held back, so
- * the plugin still sees them in their order.
- */
-
-static int
-hold (const char *key, const char *value)
-{
-  if (nheld == MAX_PARAMS) {
-    nbdkit_error ("luacow: too many plugin parameters after script= (at most %d)", MAX_PARAMS);
-    return -1;
-  }
-  held[nheld].key = strdup (key);
-  held[nheld].value = strdup (value);
-  if (!held[nheld].key || !held[nheld].value)
-    return -1;
-  nheld++;
-  return 0;
-}
-
-static int
-luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
-               const char *key, const char *value)
-{
-  if (strcmp (key, "luacow-script") == 0) {
-    if (luacow_script) {
-      nbdkit_error ("luacow: luacow-script= given twice");
-      return -1;
-    }
-    luacow_script = absolute (value);
-    return luacow_script ? 0 : -1;
-  }
-  if (strcmp (key, "script") == 0 && !luacow_script && !first_script) {
-    first_script = strdup (value);
-    config_next = next;
-    config_nxdata = nxdata;
-    return first_script ? 0 : -1;
-  }
-  if (strncmp (key, "luacow-", 7) == 0 && key[7] != '\0') {
-    for (size_t i = 0; i < nparams; ++i)
-      if (strcmp (params[i].name, key + 7) == 0) {
-        nbdkit_error ("luacow: %s given twice", key);
-        return -1;
-      }
-    if (nparams == MAX_PARAMS) {
-      nbdkit_error ("luacow: too many luacow-* parameters (at most %d)", MAX_PARAMS);
-      return -1;
-    }
-    params[nparams].name = strdup (key + 7);
-    params[nparams].value = strdup (value);
-    if (!params[nparams].name || !params[nparams].value)
-      return -1;
-    nparams++;
-    return 0;
-  }
-  if (first_script)
-    return hold (key, value);
-  return next (nxdata, key, value);
-}
-
-/* Decide whose the first script= was and hand the held parameters on. */
-static int
-settle_script (void)
-{
-  if (!first_script) {
-    script = luacow_script;
-    return 0;
-  }
-  if (luacow_script) {
-    script = luacow_script;
-    if (config_next (config_nxdata, "script", first_script) == -1)
-      return -1;
-  }
-  else if (!(script = absolute (first_script)))
-    return -1;
-  for (size_t i = 0; i < nheld; ++i)
-    if (config_next (config_nxdata, held[i].key, held[i].value) == -1)
-      return -1;
-  return 0;
-}
-
-static double
-hook_budget (void)
-{
-  for (size_t i = 0; i < nparams; ++i)
-    if (strcmp (params[i].name, "hook-seconds") == 0) {
-      double s = atof (params[i].value);
-      return s > 0 ? s : DEFAULT_BUDGET;
-    }
-  return DEFAULT_BUDGET;
-}
-
-/* Load and validate the policy now, before nbdkit forks, so a broken
- * script fails the start with a one-line error.
- */
-static int
-luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdata)
-{
-  char err[POLICY_ERRLEN], cwd[PATH_MAX];
-  if (settle_script () == -1)
-    return -1;
-  if (!getcwd (cwd, sizeof cwd) || !(start_dir = strdup (cwd))) {
-    nbdkit_error ("luacow: cannot get the current directory: %m");
-    return -1;
-  }
-  policy = policy_new (script, params, nparams, start_dir, hook_budget (), err);
-  if (!policy || policy_events (policy, &event_mask, &event_interval, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  if (next (nxdata) == -1)
-    return -1;
-  backend = nxdata;
-  return 0;
-}
-
-#define luacow_config_help \
-  "script=|luacow-script=<FILE>  Lua policy (default: save/load below).\n" \
-  "luacow-save=<FILE>            Default policy: save the overlay here at exit.\n" \
-  "luacow-load=<FILE>            Default policy: reload this file at start.\n" \
-  "luacow-hook-seconds=<N>       Time budget of each policy hook (default 10).\n" \
-  "luacow-<NAME>=<VALUE>         Passed to the policy as params.NAME."
-
-static int
-luacow_thread_model (void)
-{
-  return NBDKIT_THREAD_MODEL_PARALLEL;
-}
+/* ------------------------------------------- a context only while saving */
 
 /* Open a context of our own into the plugin, managed by hand. */
 static nbdkit_next *
@@ -239,190 +92,459 @@ open_plugin (nbdkit_backend *b)
   return next;
 }
 
-static void
-close_plugin (nbdkit_next *next)
+/* Interval and exit saves read through this: the context is opened at
+ * the first read (most saves read nothing: only partly written clusters
+ * are completed from the plugin) and closed when the save is done.
+ */
+static struct {
+  pthread_mutex_t lock;
+  nbdkit_backend *b;          /* from after_fork, then cleanup's */
+  nbdkit_next *next;
+  bool failed;
+} bg = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int
+bg_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 {
-  next->finalize (next);
-  nbdkit_next_context_close (next);
+  (void) handle;
+  pthread_mutex_lock (&bg.lock);
+  if (!bg.next && !bg.failed && bg.b)
+    bg.failed = !(bg.next = open_plugin (bg.b));
+  nbdkit_next *next = bg.next;
+  pthread_mutex_unlock (&bg.lock);
+  if (!next) {
+    *err = EIO;
+    return -1;
+  }
+  return next->pread (next, buf, count, offset, 0, err);
+}
+
+static void
+bg_done (void)
+{
+  pthread_mutex_lock (&bg.lock);
+  if (bg.next) {
+    bg.next->finalize (bg.next);
+    nbdkit_next_context_close (bg.next);
+  }
+  bg.next = NULL;
+  bg.failed = false;
+  pthread_mutex_unlock (&bg.lock);
+}
+
+static const struct ov_lower bg_lower = { bg_pread, NULL };
+
+/* ------------------------------------------------------------ startup */
+
+static void
+luacow_unload (void)
+{
+  overlay_free (overlay);       /* also closes the reloaded file */
+  free (loaded_path);
+  free (journal_path);
+  free (load_path);
+  free (init_error);
+  free (cow_read_path);
+  policy_free (policy);
+  config_free ();
+  free (start_dir);
+}
+
+static int
+luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+               const char *key, const char *value)
+{
+  return config_key (next, nxdata, key, value);
+}
+
+static double
+hook_budget (void)
+{
+  for (size_t i = 0; i < cfg.nparams; ++i)
+    if (strcmp (cfg.params[i].name, "hook-seconds") == 0) {
+      double s = atof (cfg.params[i].value);
+      return s > 0 ? s : DEFAULT_BUDGET;
+    }
+  return DEFAULT_BUDGET;
+}
+
+/* Load and validate the policy now, before nbdkit forks, so a broken
+ * script fails the start with a one-line error.
+ */
+static int
+luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdata)
+{
+  char err[POLICY_ERRLEN], cwd[PATH_MAX];
+  if (config_settle (&cfg) == -1)
+    return -1;
+  if (!getcwd (cwd, sizeof cwd) || !(start_dir = strdup (cwd))) {
+    nbdkit_error ("luacow: cannot get the current directory: %m");
+    return -1;
+  }
+  /* cow-block-size= is cow's unit of copying: here the default cluster
+   * size, up to qcow2's largest.
+   */
+  struct policy_defaults defaults = {
+    .cluster_size = cfg.cow_block_size > (1u << QCOW2_MAX_CLUSTER_BITS)
+      ? 1u << QCOW2_MAX_CLUSTER_BITS : cfg.cow_block_size,
+    .cow_on_read = cfg.cow_on_read != COW_READ_OFF,
+    .cow_read_path = cfg.cow_on_read == COW_READ_PATH ? cfg.cow_read_path : NULL,
+    .cow_on_cache = cfg.cow_on_cache,
+  };
+  policy = policy_new (cfg.script, cfg.params, cfg.nparams, start_dir, hook_budget (),
+                       &defaults, err);
+  if (!policy || policy_events (policy, &event_mask, &event_interval, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  return next (nxdata);
+}
+
+#define luacow_config_help \
+  "script=|luacow-script=<FILE>  Lua policy (default: save/load below).\n" \
+  "luacow-save=<FILE>            Default policy: save the overlay here at exit.\n" \
+  "luacow-load=<FILE>            Default policy: reload this file at start.\n" \
+  "luacow-hook-seconds=<N>       Time budget of each policy hook (default 10).\n" \
+  "luacow-<NAME>=<VALUE>         Passed to the policy as params.NAME.\n" \
+  "cow-block-size=<N>            As cow: block size hint; default cluster size.\n" \
+  "cow-on-read=<BOOL>|/PATH      As cow: copy read requests to the overlay.\n" \
+  "cow-on-cache=<BOOL>           As cow: copy cache requests to the overlay."
+
+static int
+luacow_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+struct file_check {
+  struct qcow2_image *img;
+  char *buf;                  /* one cluster */
+  struct qcow2_err *err;
+  bool bad;                   /* a compressed cluster failed: */
+  uint64_t guest;             /* this one */
+};
+
+/* Compressed clusters are inflated (and thrown away) so that a bad
+ * stream stops the start too; the reload inflates them again.
+ */
+static int
+check_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
+{
+  struct file_check *fc = opaque;
+  if (c->kind != QCOW2_COMPRESSED)
+    return 0;
+  if (qcow2_read_compressed (fc->img, c, fc->buf, fc->err) == -1) {
+    fc->bad = true;
+    fc->guest = guest;
+    return -1;
+  }
+  return 0;
+}
+
+/* The file to reload, checked without the plugin: header, tables, every
+ * L2 entry and compressed cluster.  Its size is compared with the
+ * export's at first open.
+ */
+static int
+check_reload_file (const char *path)
+{
+  struct qcow2_err qerr = { "" };
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    nbdkit_error ("luacow: %s: cannot open: %m", path);
+    return -1;
+  }
+  struct file_check fc = { qcow2_open (fd, &qerr), NULL, &qerr, false, 0 };
+  int r = -1;
+  if (fc.img && !(fc.buf = malloc (qcow2_cluster_size (fc.img))))
+    snprintf (qerr.msg, sizeof qerr.msg, "out of memory");
+  else if (fc.img)
+    r = qcow2_for_each_cluster (fc.img, check_cluster, &fc, &qerr) == 0 ? 0 : -1;
+  if (r == -1 && fc.bad)
+    nbdkit_error ("luacow: %s: compressed cluster %" PRIu64 ": %s", path, fc.guest, qerr.msg);
+  else if (r == -1)
+    nbdkit_error ("luacow: %s: %s", path, qerr.msg);
+  free (fc.buf);
+  if (fc.img)
+    qcow2_close (fc.img);
+  close (fd);
+  return r;
+}
+
+static const char *
+store_dir (void)
+{
+  const char *tmpdir = getenv ("TMPDIR");
+  return tmpdir && *tmpdir ? tmpdir : "/var/tmp";
 }
 
 /* Still before nbdkit forks and before --run starts its command, so a
- * failure here stops nbdkit with a non-zero status and nothing served:
- * ask the plugin its size, choose the cluster size, build the overlay,
- * reload what the policy names.  The context used is closed again; the
- * one for saves is opened after the fork.
+ * failure here stops nbdkit with a non-zero status and nothing served.
+ * The plugin is not opened: it may not be ready before its .after_fork.
  */
-/* One line on stderr, as for the save at exit: nbdkit has not forked. */
+static int
+luacow_get_ready (int thread_model)
+{
+  char err[POLICY_ERRLEN];
+  (void) thread_model;
+  started_at = epoch_seconds ();
+  if (policy_journal (policy, &journal_path, err) == -1 ||
+      policy_cow (policy, &cow_read_on, &cow_read_path, &cow_cache_on, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  /* A journal left by a crash is recovered at the first open, and the
+   * policy's load is not consulted: check its header and base now.
+   */
+  char oerr[OV_ERRLEN];
+  int j = journal_path ? overlay_check_journal (journal_path, oerr) : 0;
+  if (j == -1) {
+    nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
+    return -1;
+  }
+  if (j == 0 && policy_load (policy, &load_path, err) == -1) {
+    nbdkit_error ("luacow: %s", err);
+    return -1;
+  }
+  if (load_path && check_reload_file (load_path) == -1)
+    return -1;
+  if (!journal_path) {          /* the store goes to TMPDIR: can it? */
+    int fd = store_tmpfile (store_dir ());
+    if (fd == -1) {
+      nbdkit_error ("luacow: cannot create the overlay store in %s: %m "
+                    "(set TMPDIR to a writable directory)", store_dir ());
+      return -1;
+    }
+    close (fd);
+  }
+  /* Accepted, so that cow's command lines work; the data is correct
+   * either way, only not kept.
+   */
+  if (cow_read_on)
+    fprintf (stderr, "nbdkit: luacow: cow-on-read is accepted; copying on read is not "
+             "implemented yet (%s)\n", cow_read_path ? cow_read_path : "always");
+  if (cow_cache_on)
+    fprintf (stderr, "nbdkit: luacow: cow-on-cache is accepted; copying on cache is not "
+             "implemented yet\n");
+  return 0;
+}
+
+/* Serving starts.  The plugin's own .after_fork has run (nbdkit calls it
+ * first), but nothing is opened here: a plugin may serve one client only.
+ */
+static int
+luacow_after_fork (nbdkit_backend *b)
+{
+  bg.b = b;
+  return 0;
+}
+
+/* All clients have gone; the plugin is still loaded: save. */
 static void
-log_recovery (const char *journal, const struct ov_recovery *rec)
+luacow_cleanup (nbdkit_backend *b)
+{
+  bg.b = b;
+  events_exit ();
+}
+
+/* --------------------------------------------------- the first client */
+
+static void
+human (uint64_t n, char buf[32])
+{
+  static const char *const units[] = { "bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+  unsigned u = 0;
+  while (n >= 1024 && n % 1024 == 0 && u < 6) {
+    n /= 1024;
+    u++;
+  }
+  snprintf (buf, 32, "%" PRIu64 " %s", n, units[u]);
+}
+
+/* The largest export a qcow2 with these clusters describes: qemu's
+ * 32 MiB L1 table of 8-byte entries, each an L2 table of cs/8 clusters.
+ */
+static uint64_t
+max_export (uint32_t cs)
+{
+  return (uint64_t) (QCOW2_MAX_L1_BYTES / 8) * (cs / 8) * cs;
+}
+
+/* A cluster size no save could ever use for this export is refused
+ * before anything is served, saying which ones work.
+ */
+static int
+check_savable (uint64_t size, uint32_t cs, char *msg, size_t len)
+{
+  if (size <= max_export (cs))
+    return 0;
+  uint32_t ok = cs;
+  while (ok < (1u << QCOW2_MAX_CLUSTER_BITS) && size > max_export (ok))
+    ok *= 2;
+  char s[32], m[32];
+  human (size, s);
+  human (max_export (cs), m);
+  if (size > max_export (ok))
+    snprintf (msg, len, "luacow: a %s export is too large for qcow2 (at most %s with %u-byte "
+              "clusters, the largest)", s, m, ok);
+  else
+    snprintf (msg, len, "luacow: cluster size %u cannot save this %s export (qcow2's 32 MiB "
+              "L1 table covers %s with %u-byte clusters); cluster sizes from %u to %u work",
+              cs, s, m, cs, ok, 1u << QCOW2_MAX_CLUSTER_BITS);
+  return -1;
+}
+
+/* A configuration error found at the first open: that open and every
+ * later one fail with it, and nothing is saved over the file at exit.
+ */
+static int
+sticky (const char *msg)
+{
+  nbdkit_error ("%s", msg);
+  init_error = strdup (msg);
+  return -1;
+}
+
+static int
+reload (nbdkit_next *next, char *msg, size_t len)
+{
+  struct ov_lower lower = { next_pread, next };
+  char lerr[LOAD_ERRLEN];
+  if (load_overlay (overlay, &lower, load_path, &loaded, lerr) == -1) {
+    snprintf (msg, len, "luacow: %s: %s (not serving: the client would see the disk without it)",
+              load_path, lerr);
+    overlay_free (overlay);
+    overlay = NULL;
+    return -1;
+  }
+  loaded_path = load_path;
+  load_path = NULL;
+  int e;
+  if (overlay_commit (overlay, &e) == -1) {
+    snprintf (msg, len, "luacow: journal %s: cannot make the reloaded state durable: %s",
+              journal_path, strerror (e));
+    return -1;
+  }
+  char line[512];
+  snprintf (line, sizeof line, "luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
+            " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s",
+            loaded_path, loaded.data_clusters, loaded.compressed_clusters,
+            loaded.zero_clusters, loaded.bytes, loaded.seconds);
+  nbdkit_debug ("%s", line);
+  fprintf (stderr, "nbdkit: %s\n", line);
+  return 0;
+}
+
+/* One line on stderr, as for the save at exit. */
+static void
+log_recovery (const struct ov_recovery *rec)
 {
   char when[64] = "no flush";
   time_t t = (time_t) rec->flushed;
   struct tm tm;
   if (rec->flushed > 0 && localtime_r (&t, &tm))
     strftime (when, sizeof when, "the flush at %Y-%m-%d %H:%M:%S", &tm);
-  fprintf (stderr, "nbdkit: luacow: recovered journal %s: %" PRIu64 " blocks, %" PRIu64
-           " bytes of data, as of %s%s, %.3f s\n", journal, rec->blocks, rec->bytes, when,
-           rec->dropped ? " (an unfinished last commit was dropped)" : "", rec->seconds);
-}
-
-/* Reload what the policy names into a fresh overlay, and make that
- * starting state durable in the journal.
- */
-static int
-reload (const struct ov_lower *lower)
-{
-  char lerr[LOAD_ERRLEN];
-  int err;
-  if (load_overlay (overlay, lower, loaded_path, &loaded, lerr) == -1) {
-    nbdkit_error ("luacow: %s: %s", loaded_path, lerr);
-    return -1;
-  }
-  if (overlay_commit (overlay, &err) == -1) {
-    nbdkit_error ("luacow: %s: cannot make the reloaded state durable: %s",
-                  journal_path, strerror (err));
-    return -1;
-  }
-  fprintf (stderr, "nbdkit: luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
-           " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s\n",
-           loaded_path, loaded.data_clusters, loaded.compressed_clusters,
-           loaded.zero_clusters, loaded.bytes, loaded.seconds);
-  return 0;
+  char line[1024];
+  snprintf (line, sizeof line, "luacow: recovered journal %s: %" PRIu64 " blocks, %" PRIu64
+            " bytes of data, as of %s%s, %.3f s", journal_path, rec->blocks, rec->bytes, when,
+            rec->dropped ? " (an unfinished last commit was dropped)" : "", rec->seconds);
+  nbdkit_debug ("%s", line);
+  fprintf (stderr, "nbdkit: %s\n", line);
 }
 
 /* The overlay, with its journal when the policy names one: recovered if
- * a crash left it, else fresh with what the policy's load names.
+ * a crash left it, else fresh with what the policy's load names (made
+ * durable before anyone is served).
  */
 static int
-build_overlay (uint64_t size, const struct ov_lower *lower)
+build_overlay (uint64_t size, nbdkit_next *next, char *msg, size_t len)
 {
-  char err[POLICY_ERRLEN], oerr[OV_ERRLEN];
+  char oerr[OV_ERRLEN], perr[POLICY_ERRLEN];
   struct ov_recovery rec;
-  struct stat st;
-  if (policy_journal (policy, &journal_path, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  bool recovering = journal_path && stat (journal_path, &st) == 0 && st.st_size > 0;
-  if (!recovering && policy_load (policy, &loaded_path, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  const char *tmpdir = getenv ("TMPDIR");
   struct ov_options o = {
     .size = size, .block_size = cluster_size < 4096 ? cluster_size : 4096,
-    .tmpdir = tmpdir && *tmpdir ? tmpdir : "/var/tmp",
-    .journal = journal_path, .base = loaded_path,
+    .tmpdir = store_dir (), .journal = journal_path, .base = load_path,
   };
   overlay = overlay_open (&o, &rec, oerr);
-  if (overlay && rec.recovered && rec.commits == 0) {
+  if (!overlay) {
+    if (journal_path)
+      snprintf (msg, len, "luacow: journal %s: %s", journal_path, oerr);
+    else
+      snprintf (msg, len, "luacow: %s", oerr);
+    return -1;
+  }
+  if (rec.recovered && rec.commits == 0) {
     /* A start that died before its first commit (the reload's): nothing
      * was ever acknowledged, so start afresh as the policy says.
      */
     fprintf (stderr, "nbdkit: luacow: journal %s holds no commit: starting afresh\n",
              journal_path);
     if (overlay_discard_journal (overlay) == -1) {
-      nbdkit_error ("luacow: journal %s: cannot remove it: %m", journal_path);
+      snprintf (msg, len, "luacow: journal %s: cannot remove it: %s", journal_path,
+                strerror (errno));
       return -1;
     }
     overlay_free (overlay);
-    free (journal_path);
-    journal_path = NULL;
-    return build_overlay (size, lower);
+    overlay = NULL;
+    if (!load_path && policy_load (policy, &load_path, perr) == -1) {
+      snprintf (msg, len, "luacow: %s", perr);
+      return -1;
+    }
+    return build_overlay (size, next, msg, len);
   }
-  if (!overlay) {
-    if (journal_path)
-      nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
-    else
-      nbdkit_error ("luacow: %s", oerr);
+  if (overlay_start (overlay, oerr) == -1) {
+    snprintf (msg, len, "luacow: %s", oerr);
     return -1;
   }
   if (rec.recovered) {
-    free (loaded_path);
     loaded_path = rec.base[0] ? strdup (rec.base) : NULL;
-    log_recovery (journal_path, &rec);
+    log_recovery (&rec);
     struct policy_recovered pr = { journal_path, rec.blocks, rec.bytes, rec.flushed,
                                    rec.seconds };
-    if (policy_set_recovered (policy, &pr, err) == -1) {
-      nbdkit_error ("luacow: %s", err);
+    if (policy_set_recovered (policy, &pr, perr) == -1) {
+      snprintf (msg, len, "luacow: %s", perr);
       return -1;
     }
     return 0;
   }
-  return loaded_path ? reload (lower) : 0;
+  return load_path ? reload (next, msg, len) : 0;
 }
 
-/* Still before nbdkit forks and before --run starts its command, so a
- * failure here stops nbdkit with a non-zero status and nothing served:
- * ask the plugin its size, choose the cluster size, build the overlay,
- * recover or reload.  The context used is closed again; the one for
- * saves is opened after the fork.
+/* Size, cluster size, overlay, reload, events: once, with the first
+ * client's plugin context.  Called under init_lock.
  */
 static int
-luacow_get_ready (int thread_model)
+first_open (nbdkit_next *next)
 {
-  struct ov_lower lower = { next_pread, NULL };
-  char err[POLICY_ERRLEN];
-  (void) thread_model;
-
-  started_at = epoch_seconds ();
-  nbdkit_next *next = open_plugin (backend);
-  if (!next)
+  char err[POLICY_ERRLEN], msg[POLICY_ERRLEN + LOAD_ERRLEN + 128];
+  if (init_error) {
+    nbdkit_error ("%s", init_error);
     return -1;
-  lower.handle = next;
-  int r = -1;
+  }
   int64_t size = next->get_size (next);
   if (size < 0)
-    goto out;
+    return -1;                /* the plugin's trouble: the next open retries */
   if (policy_cluster_size (policy, (uint64_t) size, &cluster_size, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    goto out;
+    snprintf (msg, sizeof msg, "luacow: %s", err);
+    return sticky (msg);
   }
-  if (build_overlay ((uint64_t) size, &lower) == -1)
-    goto out;
+  if (check_savable ((uint64_t) size, cluster_size, msg, sizeof msg) == -1)
+    return sticky (msg);
+  if (build_overlay ((uint64_t) size, next, msg, sizeof msg) == -1)
+    return sticky (msg);
   if (luacow_debug_verbose)
-    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, journal %s",
-                  policy_name (policy), size, cluster_size, event_mask,
-                  journal_path ? journal_path : "none");
-  r = 0;
- out:
-  close_plugin (next);
-  return r;
-}
-
-/* Serving starts: open the context saves read through, start events. */
-static int
-luacow_after_fork (nbdkit_backend *b)
-{
-  static struct ov_lower lower = { next_pread, NULL };
-  char err[OV_ERRLEN];
-  if (overlay_start (overlay, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  shared = open_plugin (b);
-  if (!shared)
-    return -1;
-  lower.handle = shared;
+    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, "
+                  "cow-on-read %d, cow-on-cache %d", policy_name (policy), size, cluster_size,
+                  event_mask, cow_read_on, cow_cache_on);
   struct events_setup setup = {
-    .ov = overlay, .policy = policy, .lower = &lower, .cluster_size = cluster_size,
-    .cwd = start_dir, .loaded = loaded_path, .mask = event_mask,
-    .interval = event_interval, .started = started_at,
+    .ov = overlay, .policy = policy, .lower = &bg_lower, .lower_done = bg_done,
+    .cluster_size = cluster_size, .cwd = start_dir, .loaded = loaded_path,
+    .mask = event_mask, .interval = event_interval, .started = started_at,
   };
   return events_start (&setup);
 }
 
-/* All clients have gone; the plugin is still open: save. */
-static void
-luacow_cleanup (nbdkit_backend *b)
-{
-  (void) b;
-  events_exit ();
-  if (shared) {
-    close_plugin (shared);
-    shared = NULL;
-  }
-}
+/* ------------------------------------------------------------ clients */
 
 /* Every connection sees the one overlay, over the plugin's default export
  * opened read-only.
@@ -435,15 +557,6 @@ luacow_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   if (next (nxdata, 1, "") == -1)
     return NULL;
   return NBDKIT_HANDLE_NOT_NEEDED;
-}
-
-static void
-luacow_close (void *handle)
-{
-  int err;
-  (void) handle;
-  if (events_wanted (EVENT_CLOSE))
-    events_fire ("close", &err);
 }
 
 /* Asking the plugin too makes nbdkit record its size for this
@@ -462,6 +575,56 @@ luacow_get_size (nbdkit_next *next, void *handle)
     return -1;
   }
   return (int64_t) overlay_size (overlay);
+}
+
+/* The plugin is open and prepared: build the overlay on the first
+ * connection, check the size on every one.
+ */
+static int
+luacow_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  (void) readonly;
+  pthread_mutex_lock (&init_lock);
+  int r = overlay ? 0 : first_open (next);
+  pthread_mutex_unlock (&init_lock);
+  if (r == -1)
+    return -1;
+  return luacow_get_size (next, handle) == -1 ? -1 : 0;
+}
+
+/* The connection ends, its plugin context still open for the save. */
+static int
+luacow_finalize (nbdkit_next *next, void *handle)
+{
+  struct ov_lower lower = { next_pread, next };
+  int err;
+  (void) handle;
+  if (events_wanted (EVENT_CLOSE))
+    events_fire ("close", &lower, &err);
+  return 0;
+}
+
+/* As cow: preferred at least its block size (here also the cluster
+ * size), any alignment accepted.
+ */
+static int
+luacow_block_size (nbdkit_next *next, void *handle,
+                   uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  (void) handle;
+  if (next->block_size (next, minimum, preferred, maximum) == -1)
+    return -1;
+  uint32_t want = cfg.cow_block_size ? cfg.cow_block_size : PREFERRED_BLOCK;
+  if (cluster_size > want)
+    want = cluster_size;
+  if (*minimum == 0) {        /* the plugin sets no constraints */
+    *minimum = 1;
+    *preferred = want;
+    *maximum = 0xffffffff;
+  }
+  else if (*maximum >= want && *preferred < want)
+    *preferred = want;
+  return 0;
 }
 
 static int luacow_can_write (nbdkit_next *next, void *handle)
@@ -512,11 +675,12 @@ luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
 static int
 luacow_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
-  (void) next; (void) handle; (void) flags;
+  struct ov_lower lower = { next_pread, next };
+  (void) handle; (void) flags;
   if (overlay_flush (overlay, err) == -1)
     return -1;
   if (events_wanted (EVENT_FLUSH))
-    return events_fire ("flush", err);
+    return events_fire ("flush", &lower, err);
   return 0;
 }
 
@@ -641,8 +805,10 @@ static struct nbdkit_filter filter = {
   .after_fork        = luacow_after_fork,
   .cleanup           = luacow_cleanup,
   .open              = luacow_open,
-  .close             = luacow_close,
+  .prepare           = luacow_prepare,
+  .finalize          = luacow_finalize,
   .get_size          = luacow_get_size,
+  .block_size        = luacow_block_size,
   .can_write         = luacow_can_write,
   .can_flush         = luacow_can_flush,
   .can_trim          = luacow_can_trim,

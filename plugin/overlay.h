@@ -62,6 +62,12 @@ struct overlay;
  */
 struct overlay *overlay_open (const struct ov_options *o, struct ov_recovery *rec,
                               char err[OV_ERRLEN]);
+/* Before the plugin is open: 1 when a journal at path waits to be
+ * recovered and its header and base file are sound, 0 when there is none
+ * (or it is empty), -1 when it cannot be recovered (err says why).
+ */
+int overlay_check_journal (const char *path, char err[OV_ERRLEN]);
+
 /* Commits what is pending (a clean shutdown leaves a complete journal). */
 void overlay_free (struct overlay *ov);
 

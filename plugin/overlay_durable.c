@@ -385,30 +385,71 @@ rebuild (struct overlay *ov, struct ov_recovery *rec)
   return r;
 }
 
+/* The base file h names, if it is the one the journal was made on: its
+ * descriptor in *fd (-1 when there is no base).  0, or -1 with err.
+ */
 static int
-check_base (void *opaque, const struct jheader *h, char err[JOURNAL_ERRLEN])
+open_base (const struct jheader *h, int *fd, uint64_t *size, char err[JOURNAL_ERRLEN])
 {
-  struct recovering *rc = opaque;
-  rc->has_base = h->has_base != 0;
-  if (!rc->has_base)
+  *fd = -1;
+  if (!h->has_base)
     return 0;
-  int fd = open (h->base_path, O_RDONLY | O_CLOEXEC);
-  uint64_t size;
+  int f = open (h->base_path, O_RDONLY | O_CLOEXEC);
   uint32_t crc;
-  if (fd == -1) {
+  if (f == -1) {
     snprintf (err, JOURNAL_ERRLEN, "the file it was based on, %.300s, cannot be opened: %s",
               h->base_path, strerror (errno));
     return -1;
   }
-  if (file_identity (fd, &size, &crc) == -1 || size != h->base_size || crc != h->base_crc) {
+  if (file_identity (f, size, &crc) == -1 || *size != h->base_size || crc != h->base_crc) {
     snprintf (err, JOURNAL_ERRLEN, "the file it was based on, %.300s, has changed "
-              "(%" PRIu64 " bytes, was %" PRIu64 ")", h->base_path, size, h->base_size);
-    close (fd);
+              "(%" PRIu64 " bytes, was %" PRIu64 ")", h->base_path, *size, h->base_size);
+    close (f);
     return -1;
   }
-  rc->base_size = size;
-  overlay_attach_file (rc->ov, fd);
+  *fd = f;
   return 0;
+}
+
+static int
+check_base (void *opaque, const struct jheader *h, char err[JOURNAL_ERRLEN])
+{
+  struct recovering *rc = opaque;
+  int fd;
+  rc->has_base = h->has_base != 0;
+  if (open_base (h, &fd, &rc->base_size, err) == -1)
+    return -1;
+  if (fd >= 0)
+    overlay_attach_file (rc->ov, fd);
+  return 0;
+}
+
+int
+overlay_check_journal (const char *path, char err[OV_ERRLEN])
+{
+  struct stat st;
+  if (stat (path, &st) == -1 || st.st_size == 0)
+    return 0;
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  struct jio io;
+  if (fd == -1 || jio_from_fd (&io, fd) == -1) {
+    snprintf (err, OV_ERRLEN, "cannot open: %s", strerror (errno));
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  struct jheader h;
+  char jerr[JOURNAL_ERRLEN];
+  uint64_t size;
+  int bfd = -1;
+  int r = journal_read_header (&io, &h, jerr) == 0 && open_base (&h, &bfd, &size, jerr) == 0
+    ? 1 : -1;
+  io.close (io.h);
+  if (bfd >= 0)
+    close (bfd);
+  if (r == -1)
+    snprintf (err, OV_ERRLEN, "%.500s", jerr);
+  return r;
 }
 
 static int

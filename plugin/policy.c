@@ -61,6 +61,7 @@ struct job {
   size_t src_len;
   const struct policy_param *params;
   size_t nparams;
+  const struct policy_defaults *defaults;   /* startup: cow's parameters */
   /* results */
   bool yes, embed;
   unsigned mask;
@@ -398,6 +399,17 @@ take_result (lua_State *L, struct job *j)
     take_save (L, j);
   else if (strcmp (f, "load") == 0 || strcmp (f, "name") == 0)
     pop_string (L, j, f, &j->str);
+  else if (strcmp (f, "cow_on_read") == 0) {
+    j->yes = lua_toboolean (L, -1);     /* true, false, or a path: on while it exists */
+    if (lua_type (L, -1) == LUA_TSTRING)
+      pop_string (L, j, f, &j->str);
+    else
+      lua_pop (L, 1);
+  }
+  else if (strcmp (f, "cow_on_cache") == 0) {
+    j->yes = lua_toboolean (L, -1);
+    lua_pop (L, 1);
+  }
   else if (strcmp (f, "journal") == 0) {
     if (lua_type (L, -1) == LUA_TBOOLEAN && !lua_toboolean (L, -1))
       lua_pop (L, 1);         /* false: no journal */
@@ -478,6 +490,28 @@ register_library (lua_State *L)
 }
 
 /* Startup: libraries, disk, the script's table through luacow.policy. */
+/* [-0, +0] luacow.default (in the library table on top) takes cow's
+ * parameters; the table is the library's own (raw sets).
+ */
+static void
+set_defaults (lua_State *L, const struct policy_defaults *d)
+{
+  lua_getfield (L, -1, "default");
+  int t = lua_gettop (L);
+  if (d->cluster_size)
+    set_integer (L, t, "cluster_size", d->cluster_size);
+  lua_pushliteral (L, "cow_on_read");
+  if (d->cow_read_path)
+    lua_pushstring (L, d->cow_read_path);
+  else
+    lua_pushboolean (L, d->cow_on_read);
+  lua_rawset (L, t);
+  lua_pushliteral (L, "cow_on_cache");
+  lua_pushboolean (L, d->cow_on_cache);
+  lua_rawset (L, t);
+  lua_pop (L, 1);
+}
+
 static int
 init_body (lua_State *L)
 {
@@ -488,6 +522,8 @@ init_body (lua_State *L)
   push_new_disk (L, j, j->script);
   p->disk_ref = luaL_ref (L, LUA_REGISTRYINDEX);
   luaL_requiref (L, "luacow", open_embedded_library, 0);
+  if (j->defaults)
+    set_defaults (L, j->defaults);
   lua_getfield (L, -1, "evaluate");
   p->evaluate_ref = luaL_ref (L, LUA_REGISTRYINDEX);
   lua_getfield (L, -1, "describe");
@@ -540,9 +576,11 @@ read_script (const char *path, size_t *len, char err[POLICY_ERRLEN])
   return buf;
 }
 
+
 struct policy *
 policy_new (const char *script, const struct policy_param *params, size_t nparams,
-            const char *cwd, double budget, char err[POLICY_ERRLEN])
+            const char *cwd, double budget, const struct policy_defaults *defaults,
+            char err[POLICY_ERRLEN])
 {
   struct policy *p = calloc (1, sizeof *p);
   struct job *j = p ? job_new (p, "script", NULL, NULL) : NULL;
@@ -559,6 +597,7 @@ policy_new (const char *script, const struct policy_param *params, size_t nparam
     p->chunk = NULL;
   j->params = params;
   j->nparams = nparams;
+  j->defaults = defaults;
   if (script && !(j->script = strdup (script)))
     goto oom;
   if (!p->cwd || !p->name || !p->chunk)
@@ -669,6 +708,33 @@ resolve_result (struct policy *p, char **path, char err[POLICY_ERRLEN])
   free (*path);
   *path = abs;
   return abs ? 0 : out_of_memory (p, err);
+}
+
+int
+policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
+            char err[POLICY_ERRLEN])
+{
+  *read_path = NULL;
+  struct job *j = job_new (p, "cow_on_read", NULL, NULL);
+  if (!j)
+    return out_of_memory (p, err);
+  j->nargs = 1;
+  int r = run_job (p, &j, field_body, err);
+  if (r == 0) {
+    *on_read = j->yes;
+    *read_path = j->str;
+    j->str = NULL;
+    r = resolve_result (p, read_path, err);
+  }
+  job_release (j);
+  if (r == -1 || !(j = job_new (p, "cow_on_cache", NULL, NULL)))
+    return r == -1 ? -1 : out_of_memory (p, err);
+  j->nargs = 1;
+  r = run_job (p, &j, field_body, err);
+  if (r == 0)
+    *on_cache = j->yes;
+  job_release (j);
+  return r;
 }
 
 int

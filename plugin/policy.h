@@ -47,11 +47,21 @@ struct policy_result {
 
 struct policy;
 
+/* Defaults of luacow.default that come from cow's parameters. */
+struct policy_defaults {
+  uint32_t cluster_size;      /* 0: the library's (65536) */
+  bool cow_on_read;           /* cow_on_read: false/true, or ... */
+  const char *cow_read_path;  /* ... this path when not NULL */
+  bool cow_on_cache;
+};
+
 /* Load the library and the script (NULL: the default policy), validate
  * it.  cwd resolves relative paths.  budget: seconds a hook may run.
+ * defaults (may be NULL) are set in luacow.default before the script runs.
  */
 struct policy *policy_new (const char *script, const struct policy_param *params,
                            size_t nparams, const char *cwd, double budget,
+                           const struct policy_defaults *defaults,
                            char err[POLICY_ERRLEN]);
 void policy_free (struct policy *p);
 
@@ -73,6 +83,11 @@ struct policy_recovered {     /* disk.recovered and ctx.recovered */
 int policy_set_recovered (struct policy *p, const struct policy_recovered *r,
                           char err[POLICY_ERRLEN]);
 
+/* cow_on_read (*read_path: NULL, or an absolute path to free: on while
+ * it exists) and cow_on_cache, evaluated with disk.
+ */
+int policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
+                char err[POLICY_ERRLEN]);
 /* *path is NULL (nothing to load) or an absolute path to free. */
 int policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN]);
 int policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,

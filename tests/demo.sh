@@ -162,9 +162,9 @@ say "Same command (-v only so that the log shows luacow's reload line).  The"
 echo "backing file name recorded in step 4 is ignored: the plugin is the base."
 start_nbdkit -v -f -U "$SOCK" --filter="$FILTER" file base.img \
   script="$POLICY" luacow-save=overlay.qcow2
-grep 'luacow: reloaded' nbdkit.log | sed 's/^/    /' || die "nbdkit did not reload overlay.qcow2"
-say "The client's data is back:"
+say "The client's data is back (reloaded when the first client connected):"
 run qemu-img compare -f raw -F raw "$URI" seen.raw
+grep 'luacow: reloaded' nbdkit.log | sed 's/^/    /' || die "nbdkit did not reload overlay.qcow2"
 stop_nbdkit
 ! grep -q 'nbdkit: luacow: saved' nbdkit.log || die "an unchanged reloaded overlay was saved again"
 say "Nothing was written since the reload, so the exit save was skipped: the"

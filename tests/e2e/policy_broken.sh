@@ -57,13 +57,21 @@ broken backing-embed.lua 'return { backing = { file = "b.raw", embed = "yes" } }
 broken compress-type.lua 'return { compress = "lz4" }' 'compress-type.lua: compress must be false, true, "deflate" or "zstd", got "lz4"'
 broken saved-type.lua 'return { saved = 42 }' 'saved-type.lua: saved must be nil or a function, got 42'
 # startup hooks given as functions that return the wrong thing or fail
-broken cs-fn.lua 'return { cluster_size = function (disk) return 1000 end }' 'cs-fn.lua: cluster_size must be ' 'got 1000'
-broken cs-fn-error.lua 'return { cluster_size = function (disk) error("no size") end }' 'cs-fn-error.lua:1: no size'
+# cluster_size(disk) needs the export size: known at the first client's open.
+at_open () {
+  local name=$1 src=$2 dir=$SCRATCH/open-$RANDOM$RANDOM one; shift 2
+  mkdir -p "$dir"; printf '%s\n' "$src" > "$dir/$name"
+  one=${src//$'\n'/ }
+  checkv "first open: $name ${one:0:60}: both clients refused with the one error line" \
+    refused_at_open "open-$name" "$@" -- null size=1M luacow-script="$dir/$name" luacow-hook-seconds=1
+}
+at_open cs-fn.lua 'return { cluster_size = function (disk) return 1000 end }' 'cs-fn.lua: cluster_size must be ' 'got 1000'
+at_open cs-fn-error.lua 'return { cluster_size = function (disk) error("no size") end }' 'cs-fn-error.lua:1: no size'
 broken load-fn.lua 'return { load = function (disk) return 42 end }' 'load-fn.lua: load must be ' 'got 42'
 broken events-fn.lua 'return { events = function () return { "bogus" } end }' 'events-fn.lua: events must be ' '"bogus" at index 1'
 broken interval-fn.lua 'return { events = { "interval" }, interval = function () return -1 end }' 'interval-fn.lua: interval must be ' 'got -1'
 broken loop.lua 'while true do end' 'loop.lua:1: script: hook exceeded its time budget'
-broken cs-loop.lua 'return { cluster_size = function (disk)
+at_open cs-loop.lua 'return { cluster_size = function (disk)
   while true do end
 end }' 'cs-loop.lua:2: cluster_size: hook exceeded its time budget'
 broken memory.lua 'local s = string.rep("x", 1e9)

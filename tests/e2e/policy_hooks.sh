@@ -202,12 +202,12 @@ route () {
     fail "$label"; sed 's/^/#   /' "$NB_LOG"; echo "#   served: $(cat "$SCRATCH/route.out")"
   fi
 }
-route "sh plugin: script=POLICY script=PLUGIN (the first script= is the policy)" S \
-  sh script="$P/hooks_route.lua" script="$SCRATCH/plugin.sh"
+route "sh plugin: script=PLUGIN script=POLICY (a scripting plugin keeps the first, the second is the policy)" S \
+  sh script="$SCRATCH/plugin.sh" script="$P/hooks_route.lua"
 route "sh plugin: luacow-script=POLICY script=PLUGIN" S \
   sh luacow-script="$P/hooks_route.lua" script="$SCRATCH/plugin.sh"
 if [ $have_lua = yes ]; then
-  route "lua plugin: script=POLICY script=PLUGIN" L lua script="$P/hooks_route.lua" script="$SCRATCH/plugin.lua"
+  route "lua plugin: script=PLUGIN script=POLICY" L lua script="$SCRATCH/plugin.lua" script="$P/hooks_route.lua"
   route "lua plugin: luacow-script=POLICY script=PLUGIN" L \
     lua luacow-script="$P/hooks_route.lua" script="$SCRATCH/plugin.lua"
   # The usual way to name a lua/sh/python plugin's script is the bare first

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every file the loader rejects stops nbdkit at startup: non-zero exit,
 # exactly one error line on stderr that names the file, and no client is
-# ever served.  Files: the crafted corpus tests/corpus/bad/* (each with an
+# ever served.  (A file of the wrong virtual size is found at the first
+# client's open, where the export size is known: every client is refused.)  Files: the crafted corpus tests/corpus/bad/* (each with an
 # export of the size the file was made for, so that the damage itself is
 # what gets rejected), damaged copies of a qemu-img file made here (one per
 # reason the brief lists), and good files over an export of another size.
@@ -119,14 +120,24 @@ checkv "--run 'sleep 3' with a bad file: exit status non-zero, the one error lin
   bash -c "[ $NB_RC -ne 0 ] && [ \$(grep -c '' '$NB_LOG') = 1 ] && grep -q 'luacow: $C/bad-magic.qcow2: qcow2: bad magic' '$NB_LOG'"
 
 # ----------------------------------------------- virtual size != export
-rejected "export larger than the file's virtual size" "$C/good.qcow2" 2097152 \
+# The export size is known at the first client's open (luacow opens the
+# plugin no earlier): every client is refused, and the file is untouched.
+size_refused () {
+  local label=$1 f=$2 size=$3 reason=$4 sum
+  sum=$(sha256sum < "$f")
+  checkv "$label: every client refused, the file untouched" \
+    refused_at_open size-mismatch "luacow: $f: " "$reason" -- null size="$size" luacow-load="$f" luacow-save="$f"
+  checkv "$label: the file is unchanged after exit" test "$(sha256sum < "$f")" = "$sum"
+}
+size_refused "export larger than the file's virtual size" "$C/good.qcow2" 2097152 \
   'virtual size 1048576 differs from the export size 2097152'
-rejected "export smaller than the file's virtual size" "$C/good.qcow2" 1048064 \
+size_refused "export smaller than the file's virtual size" "$C/good.qcow2" 1048064 \
   'virtual size 1048576 differs from the export size 1048064'
 if [ -f "$GOOD/enc-1k-odd-deflate.qcow2" ]; then
   s=$(client exportsize "$GOOD/enc-1k-odd-deflate.qcow2")
-  rejected "luacow's exact size is checked, not the 512-rounded header size" \
-    "$GOOD/enc-1k-odd-deflate.qcow2" "$(( (s + 511) / 512 * 512 ))" "differs from the export size"
+  cp "$GOOD/enc-1k-odd-deflate.qcow2" "$SCRATCH/odd.qcow2"
+  size_refused "luacow's exact size is checked, not the 512-rounded header size" \
+    "$SCRATCH/odd.qcow2" "$(( (s + 511) / 512 * 512 ))" "differs from the export size"
 fi
 # A path that does not exist, a directory: named in the error too.  (The
 # default policy only loads a luacow-load= file that exists, so these go

@@ -151,6 +151,7 @@ checkv "0 bytes: default policy: nothing written, nothing saved, exit 0" \
   bash -c "[ $NB_RC = 0 ] && [ ! -e '$d/out.qcow2' ] && [ -z \"\$(ls -A '$d' | grep -v base.raw)\" ]"
 echo 'return { save = function (ctx) return ctx.event == "exit" end }' > "$d/always.lua"
 start_nb empty-forced file "$d/base.raw" luacow-script="$d/always.lua" luacow-save="$d/out.qcow2"
+nbdinfo --size "$NB_URI" >/dev/null   # the exit event needs a client to have come
 stop_nb
 checkv "0 bytes: a policy that always saves writes a valid empty qcow2" \
   bash -c "[ $NB_RC = 0 ] && qemu-img check '$d/out.qcow2' >/dev/null && \

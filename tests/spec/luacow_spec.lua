@@ -2,7 +2,8 @@
 local H = dofile((debug.getinfo(1, "S").source:match("^@(.*)/") or ".") .. "/helper.lua")
 local luacow = require "luacow"
 
-local VALID = "valid fields are cluster_size, load, journal, events, interval, save, name, backing, compress, saved"
+local VALID = "valid fields are cluster_size, load, journal, events, interval, save, name, backing, compress, saved, "
+  .. "cow_on_read, cow_on_cache"
 local CLUSTER = "cluster_size must be a power of two from 512 to 2097152, got "
 local EVENTS = 'events must be a list of "flush", "close" and "interval", got '
 local INTERVAL_REQUIRED = 'interval must be a number of seconds > 0 when events include "interval", got '
@@ -46,7 +47,7 @@ describe("luacow module", function ()
 
   it("lists its fields and events", function ()
     assert.same({ "cluster_size", "load", "journal", "events", "interval", "save", "name",
-                  "backing", "compress", "saved" }, luacow.FIELDS)
+                  "backing", "compress", "saved", "cow_on_read", "cow_on_cache" }, luacow.FIELDS)
     assert.same({ "flush", "close", "interval" }, luacow.EVENTS)
   end)
 end)
@@ -314,6 +315,20 @@ describe("luacow.evaluate", function ()
     assert.equal(CLUSTER .. '"1000"', eval_error("cluster_size", "1000"))
     assert.equal(CLUSTER .. "nil", eval_error("cluster_size", nil))
     assert.equal(CLUSTER .. "4194304", eval_error("cluster_size", 4194304))
+  end)
+
+  it("normalizes cow_on_read and cow_on_cache (default false)", function ()
+    local P = luacow.policy({})
+    assert.is_false(luacow.evaluate(P, "cow_on_read", {}))
+    assert.is_false(luacow.evaluate(P, "cow_on_cache", {}))
+    assert.is_true(luacow.evaluate(luacow.policy({ cow_on_read = true }), "cow_on_read", {}))
+    assert.equal("/run/cor", luacow.evaluate(luacow.policy({ cow_on_read = function () return "/run/cor" end }),
+                                             "cow_on_read", {}))
+    assert.is_false(luacow.evaluate(luacow.policy({ cow_on_read = function () end }), "cow_on_read", {}))
+    assert.is_true(luacow.evaluate(luacow.policy({ cow_on_cache = true }), "cow_on_cache", {}))
+    assert.equal('cow_on_read must be false, true or a path (non-empty string), got ""', eval_error("cow_on_read", ""))
+    assert.equal("cow_on_read must be false, true or a path (non-empty string), got 1", eval_error("cow_on_read", 1))
+    assert.equal('cow_on_cache must be a boolean, got "yes"', eval_error("cow_on_cache", "yes"))
   end)
 
   it("normalizes load results", function ()

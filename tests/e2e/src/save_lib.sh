@@ -164,6 +164,30 @@ failed_at_startup () {
   [ -z "$why" ] || { echo "$why"; return 1; }
 }
 
+# refused_at_open NAME TEXT... -- NBDKIT-ARGS...: a mistake found only when
+# the export size is known (luacow opens the plugin at the first client's
+# connection, never before): nbdkit starts, refuses the first client and
+# the next with one error line containing every TEXT (the same line each
+# time), and exits 0 on SIGTERM.  Prints why not and returns 1 otherwise.
+refused_at_open () {
+  local name=$1 texts=() why="" t n; shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do texts+=("$1"); shift; done
+  shift
+  start_nb "$name" "$@" || { echo "nbdkit did not start"; return 1; }
+  timeout 10 nbdinfo --size "$NB_URI" >/dev/null 2>&1 && why+=" the first client was served;"
+  timeout 10 nbdinfo --size "$NB_URI" >/dev/null 2>&1 && why+=" the second client was served;"
+  kill -0 "$NB_PID" 2>/dev/null || why+=" nbdkit died;"
+  stop_nb
+  [ "$NB_RC" = 0 ] || why+=" exit status $NB_RC;"
+  n=$(grep -c 'error: luacow: ' "$NB_LOG")
+  [ "$n" = 2 ] || why+=" $n luacow error lines, not 2 (one per client);"
+  [ "$(grep 'error: luacow: ' "$NB_LOG" | sed 's/^nbdkit: [^ ]* error: //' | sort -u | grep -c '')" = 1 ] ||
+    why+=" the two clients got different errors;"
+  for t in "${texts[@]}"; do grep -qF -- "$t" "$NB_LOG" || why+=" no '$t' in the log;"; done
+  grep -qiE 'segfault|assert|abort|core dumped|sanitizer' "$NB_LOG" && why+=" crash;"
+  [ -z "$why" ] || { echo "$why"; sed 's/^/  log: /' "$NB_LOG"; return 1; }
+}
+
 client () { timeout -s KILL "$NB_TIMEOUT" "$PY" "$CLIENT" "$@"; }
 
 mkbase () {
