@@ -413,6 +413,7 @@ reload (nbdkit_next *next, char *msg, size_t len)
   if (load_overlay (overlay, &lower, load_path, &loaded, lerr) == -1) {
     snprintf (msg, len, "luacow: %s: %s (not serving: the client would see the disk without it)",
               load_path, lerr);
+    (void) overlay_discard_journal (overlay);   /* fresh: it holds nothing */
     overlay_free (overlay);
     overlay = NULL;
     return -1;

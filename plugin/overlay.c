@@ -7,26 +7,35 @@
  * in store slot N, or data at offset N of the reloaded qcow2 file (read in
  * place).  Blocks are 512 bytes to 4 KiB (the cluster size, capped).
  *
- * Slot ownership (slots.h).  Data is never written over in place: every
- * write takes fresh slots, writes them, and only then publishes them by
- * exchanging the entries, under the stripe locks of its blocks (stripes of
- * 64 blocks; a request takes its stripes in ascending order), which also
- * orders its journal records exactly as the exchanges.  The writer that
- * replaced an entry retires the old slot into the limbo of the current
- * epoch.  A retired slot is reused only when (1) no request that could
- * have looked it up is still running and (2) with a journal, the record
- * that unreferenced it is durable, and (3) no frozen view (a save) is
- * alive.  So a reader never sees a slot rewritten under it, a durable
- * state never references a slot that was reused, and a failed write gives
- * its untouched slots back.
+ * Slot ownership (slots.h).  A slot is written only by the request that
+ * owns it: one that took it fresh, or, holding the block's stripe, one
+ * writing over a slot in place.  In place is allowed without a journal,
+ * and with one only for a slot that no commit names yet (marked FRESH in
+ * its entry, with the parity of the epoch it was first written in); never
+ * while a save's frozen view is alive.  Every other write takes fresh
+ * slots, writes them, and only then publishes them by exchanging the
+ * entries under the stripe locks of its blocks (stripes of 64 blocks; a
+ * request takes its stripes in ascending order), which also orders its
+ * journal records exactly as the exchanges.  The writer that replaced an
+ * entry retires the old slot into the limbo of the current epoch.  A
+ * retired slot is reused only when (1) no request that could have looked
+ * it up is still running and (2) with a journal, the record that
+ * unreferenced it is durable, and (3) no frozen view (a save) is alive.
+ * So a reader never sees a slot rewritten under it by another block's
+ * data, a durable state never references a slot that was written again,
+ * and a failed write gives its untouched slots back.
  *
  * Epochs.  A request enters the current epoch (a counter per epoch
  * parity) and leaves it when done.  A commit advances the epoch and waits
  * for the requests of the old one to leave.  Records and retirements are
  * filed under the epoch read while holding the stripe locks, so when
  * commit(x) has drained x, the records of x are complete and the slots
- * retired in x are unreachable: commit(x) writes x's records, syncs, and
- * reclaims x's limbo.  Nothing in a request waits for a commit.
+ * retired in x are unreachable: commit(x) writes x's records (each with
+ * its slot's hash as of then: a FRESH slot may have been written over in
+ * place since), syncs, clears the FRESH marks of x, and reclaims x's
+ * limbo.  A writer of epoch x+1 never writes over a slot of x in place
+ * (the parity differs), so nothing a commit names changes after it.
+ * Nothing in a request waits for a commit.
  *
  * Flush ordering.  A flush notes the epoch e current when it arrives;
  * every write acknowledged before it filed its records under an epoch
@@ -64,6 +73,10 @@
  * early, so that rewrites reuse space instead of growing the store.
  */
 #define NUDGE_EVERY 4096
+/* Journal records of one epoch that wake the committer (32 MiB of them):
+ * rewrites in place add none, so this is about fresh data.
+ */
+#define RECORDS_NUDGE ((uint64_t) 1 << 20)
 
 /* ---------------------------------------------------------------- epochs */
 
@@ -155,7 +168,7 @@ run_end_of (const struct overlay *ov, uint64_t b, uint64_t e, uint64_t end)
 {
   uint64_t nb = b + 1;
   if (tag (e) == TAG_STORE)
-    while ((nb << ov->bits) < end && blockmap_get (ov->map, nb) == store_entry (slot_of (e) + (nb - b)))
+    while ((nb << ov->bits) < end && is_slot (blockmap_get (ov->map, nb), slot_of (e) + (nb - b)))
       nb++;
   else
     while ((nb << ov->bits) < end &&
@@ -279,26 +292,76 @@ publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
       return -1;
     }
   unsigned p = atomic_load (&ov->epoch) & 1;
-  /* One record per block, so that a commit can drop the ones it replaces. */
+  /* One record per block, so that a commit can drop the ones it replaces;
+   * the hash is the slot's, taken at commit time.
+   */
   for (uint64_t i = 0; i < k && ov->journal; ++i) {
     uint64_t off = i << ov->bits, len = min64 (bytes, (i + 1) << ov->bits) - off;
-    struct jrec rec = { .kind = REC_STORE, .count = 1, .block = b + i,
-                        .value = s[i], .hash = XXH3_64bits (src + off, len) };
+    struct jrec rec = { .kind = REC_STORE, .count = 1, .block = b + i, .value = s[i] };
+    slots_set_hash (ov->slots, s[i], XXH3_64bits (src + off, len));
     if (add_record (ov, p, &rec, err) == -1)
       return -1;
   }
   bool nudge = false;
   for (uint64_t i = 0; i < k; ++i) {
-    uint64_t old = atomic_exchange (cells[i], store_entry (s[i]));
-    ov_account (ov, old, store_entry (s[i]));
+    uint64_t e = ov->journal ? fresh_entry (s[i], p) : store_entry (s[i]);
+    uint64_t old = atomic_exchange (cells[i], e);
+    ov_account (ov, old, e);
     if (tag (old) == TAG_STORE) {
       slots_retire (ov->slots, p, slot_of (old), false);
       nudge |= slots_retired (ov->slots, p) % NUDGE_EVERY == 0;
     }
   }
-  if (nudge || (ov->journal && avec_len (&ov->recs[p]) % ((uint64_t) 16 * NUDGE_EVERY) < k))
+  if (nudge || (ov->journal && avec_len (&ov->recs[p]) % RECORDS_NUDGE < k))
     ov_nudge (ov);
   return 0;
+}
+
+/* Whether entry e's slot may be written over in place now (the caller
+ * holds its stripe; p is the epoch parity read under it).  Never while a
+ * save's view is alive (it reads the slots as they were).  With a
+ * journal, only a slot no commit names yet: one first written in this
+ * very epoch, whose commit (after this request drains) records it with
+ * its last hash.
+ */
+static bool
+in_place (const struct overlay *ov, uint64_t e, unsigned p)
+{
+  if (tag (e) != TAG_STORE || atomic_load (&((struct overlay *) ov)->pins) != 0)
+    return false;
+  return !ov->journal || ((e & E_FRESH) && !!(e & E_PARITY) == p);
+}
+
+/* Whole blocks [b, b+k) written over in place, if every one may be.
+ * 1: done, 0: not possible (write fresh slots instead), -1: error.
+ */
+static int
+write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
+                uint64_t bytes, int *err)
+{
+  struct stripe_set set;
+  stripes_of (&set, b, b + k);
+  stripes_lock (ov, &set);
+  unsigned p = atomic_load (&ov->epoch) & 1;
+  int r = 1;
+  for (uint64_t i = 0; i < k && r == 1; ++i)
+    if (!in_place (ov, blockmap_get (ov->map, b + i), p))
+      r = 0;
+  for (uint64_t i = 0; i < k && r == 1;) {
+    uint64_t s = slot_of (blockmap_get (ov->map, b + i)), n = 1;
+    while (i + n < k && is_slot (blockmap_get (ov->map, b + i + n), s + n))
+      n++;
+    uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
+    if (store_write (ov->store, src + off, len, s << ov->bits, err) == -1)
+      r = -1;
+    for (uint64_t x = 0; x < n && r == 1 && ov->journal; ++x) {
+      uint64_t o = (i + x) << ov->bits;
+      slots_set_hash (ov->slots, s + x, XXH3_64bits (src + o, min64 (bytes, o + ov->bs) - o));
+    }
+    i += n;
+  }
+  stripes_unlock (ov, &set);
+  return r;
 }
 
 static int
@@ -322,6 +385,14 @@ write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, i
   while (b < b_end) {
     uint64_t k = min64 (b_end - b, SLOTS_MAX_TAKE), s[SLOTS_MAX_TAKE];
     uint64_t bytes = block_end (ov, b + k - 1) - (b << ov->bits);
+    int done = write_in_place (ov, b, k, src, bytes, err);
+    if (done == -1)
+      return -1;
+    if (done == 1) {
+      src += bytes;
+      b += k;
+      continue;
+    }
     if (slots_take (ov->slots, k, s) == -1) {
       *err = errno == EFBIG ? ENOSPC : errno;
       nbdkit_error ("luacow: the overlay store cannot grow: %s", strerror (errno));
@@ -400,6 +471,12 @@ write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
     memcpy (blk + in, src, n);
   else
     memset (blk + in, 0, n);
+  if (in_place (ov, e, atomic_load (&ov->epoch) & 1)) {
+    r = store_write (ov->store, blk, len, slot_of (e) << ov->bits, err);
+    if (r == 0 && ov->journal)
+      slots_set_hash (ov->slots, slot_of (e), XXH3_64bits (blk, len));
+    goto out;
+  }
   uint64_t s;
   if (slots_take (ov->slots, 1, &s) == -1) {
     *err = errno == EFBIG ? ENOSPC : errno;
@@ -466,12 +543,34 @@ zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err)
   return 0;
 }
 
+/* A write request is one point in time for a save: overlay_freeze waits
+ * for those in flight and holds new ones off while it copies the map.
+ */
+static void
+writer_begin (struct overlay *ov)
+{
+  for (;;) {
+    atomic_fetch_add (&ov->writers, 1);
+    if (!atomic_load (&ov->freezing))
+      return;
+    atomic_fetch_sub (&ov->writers, 1);
+    pthread_mutex_lock (&ov->freeze_lock);   /* held by the freeze throughout */
+    pthread_mutex_unlock (&ov->freeze_lock);
+  }
+}
+
+static void
+writer_end (struct overlay *ov)
+{
+  atomic_fetch_sub (&ov->writers, 1);
+}
+
 /* Split [offset, offset+count) into a partial head block, whole blocks
  * and a partial tail block.
  */
 static int
-apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
-       uint64_t count, uint64_t offset, int *err)
+apply_pieces (struct overlay *ov, const struct ov_lower *lower, const char *src,
+              uint64_t count, uint64_t offset, int *err)
 {
   uint64_t pos = offset, end = offset + count;
   atomic_fetch_add_explicit (src ? &ov->written_bytes : &ov->zeroed_bytes, count,
@@ -511,6 +610,16 @@ apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
     pos = stop;
   }
   return 0;
+}
+
+static int
+apply (struct overlay *ov, const struct ov_lower *lower, const char *src,
+       uint64_t count, uint64_t offset, int *err)
+{
+  writer_begin (ov);
+  int r = apply_pieces (ov, lower, src, count, offset, err);
+  writer_end (ov);
+  return r;
 }
 
 int
@@ -591,14 +700,25 @@ overlay_freeze (struct overlay *ov)
   struct overlay *v = malloc (sizeof *v);
   if (!v)
     return NULL;
-  struct stripe_set all;
-  memset (all.bits, 0xff, sizeof all.bits);
-  atomic_fetch_add (&ov->pins, 1);   /* before any later retirement */
-  stripes_lock (ov, &all);
+  /* One freeze at a time; requests in flight finish, new ones wait.  The
+   * loaders (overlay_put_block...) run before any client, outside this.
+   */
+  pthread_mutex_lock (&ov->freeze_lock);
+  atomic_store (&ov->freezing, 1);
+  for (unsigned spins = 0; atomic_load (&ov->writers) != 0; ++spins) {
+    if (spins < 64)
+      sched_yield ();
+    else {
+      struct timespec ts = { 0, 50000 };
+      nanosleep (&ts, NULL);
+    }
+  }
+  atomic_fetch_add (&ov->pins, 1);   /* before any later retirement or overwrite */
   struct blockmap *copy = blockmap_clone (ov->map);
   uint64_t data = atomic_load (&ov->data_blocks), zero = atomic_load (&ov->zero_blocks);
   uint64_t written = atomic_load (&ov->written_bytes), zeroed = atomic_load (&ov->zeroed_bytes);
-  stripes_unlock (ov, &all);
+  atomic_store (&ov->freezing, 0);
+  pthread_mutex_unlock (&ov->freeze_lock);
   if (!copy) {
     atomic_fetch_sub (&ov->pins, 1);
     free (v);

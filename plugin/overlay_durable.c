@@ -21,7 +21,13 @@
 #include "clock.h"
 #include "overlay_impl.h"
 
-#define COMMIT_EVERY 1.0               /* seconds between background commits */
+/* Seconds between background commits: without a journal they only
+ * reclaim space (no I/O); with one they sync, so as rarely as the
+ * kernel's own writeback of dirty data (30 s by default) unless space or
+ * records pile up (overlay.c's nudges).
+ */
+#define COMMIT_EVERY 1
+#define COMMIT_EVERY_JOURNAL 30
 #define COMPACT_MIN ((uint64_t) 64 << 20)   /* log bytes before compacting */
 #define COMPACT_RATIO 4                /* ... and this many times the live map */
 #define IDENTITY_BYTES (1u << 20)      /* a base file is known by size + CRC of these */
@@ -54,6 +60,38 @@ advance (struct overlay *ov)
 
 static int compact (struct overlay *ov);
 
+/* Each STORE record takes its slot's hash as of now: a slot written over
+ * in place within the epoch is named with its last content.
+ */
+static void
+take_hashes (struct overlay *ov, unsigned p)
+{
+  uint64_t n = avec_len (&ov->recs[p]);
+  for (uint64_t i = 0; i < n; ++i) {
+    struct jrec *r = avec_at (&ov->recs[p], i);
+    if (r && r->kind == REC_STORE)
+      r->hash = slots_hash (ov->slots, r->value);
+  }
+}
+
+/* The slots of a durable commit may no longer be written over in place:
+ * drop their FRESH mark (an entry replaced meanwhile is left alone).
+ */
+static void
+settle (struct overlay *ov, unsigned p)
+{
+  uint64_t n = avec_len (&ov->recs[p]);
+  for (uint64_t i = 0; i < n; ++i) {
+    struct jrec *r = avec_at (&ov->recs[p], i);
+    if (!r || r->kind != REC_STORE)
+      continue;
+    _Atomic uint64_t *cell = blockmap_cell (ov->map, r->block);
+    uint64_t want = fresh_entry (r->value, p);
+    if (cell)
+      atomic_compare_exchange_strong (cell, &want, store_entry (r->value));
+  }
+}
+
 /* Caller holds commit_lock. */
 int
 ov_commit (struct overlay *ov, bool may_compact, int *err)
@@ -63,12 +101,15 @@ ov_commit (struct overlay *ov, bool may_compact, int *err)
   int r = 0;
   if (ov->journal && !atomic_load (&ov->journal_errno)) {
     uint64_t now_us = (uint64_t) (epoch_seconds () * 1e6);
+    take_hashes (ov, p);
     if (journal_commit (ov->journal, &ov->recs[p], now_us) == -1) {
       int e = errno;
       atomic_store (&ov->journal_errno, e);
       nbdkit_error ("luacow: journal %s: commit failed: %s; flushes fail from now on, "
                     "the overlay is still saved at exit", ov->journal_path, strerror (e));
     }
+    else
+      settle (ov, p);
   }
   avec_clear (&ov->recs[p]);
   int jerr = atomic_load (&ov->journal_errno);
@@ -126,7 +167,7 @@ committer_main (void *arg)
   while (!ov->committer_stop) {
     struct timespec until;
     clock_gettime (CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t) COMMIT_EVERY;
+    until.tv_sec += ov->journal ? COMMIT_EVERY_JOURNAL : COMMIT_EVERY;
     pthread_cond_timedwait (&ov->committer_cond, &ov->committer_lock, &until);
     if (ov->committer_stop)
       break;
@@ -162,7 +203,7 @@ emit_state (struct overlay *ov)
     }
     else if (tag (e) == TAG_STORE) {
       while (nb < ov->nblocks && nb - b < UINT32_MAX &&
-             blockmap_get (ov->map, nb) == store_entry (slot_of (e) + (nb - b)))
+             is_slot (blockmap_get (ov->map, nb), slot_of (e) + (nb - b)))
         nb++;
       r.kind = REC_SYNCED;
       r.value = slot_of (e);
@@ -627,6 +668,7 @@ overlay_open (const struct ov_options *o, struct ov_recovery *rec, char err[OV_E
   for (unsigned i = 0; i < STRIPES; ++i)
     pthread_mutex_init (&ov->stripes[i], NULL);
   pthread_mutex_init (&ov->commit_lock, NULL);
+  pthread_mutex_init (&ov->freeze_lock, NULL);
   pthread_mutex_init (&ov->committer_lock, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
@@ -706,6 +748,7 @@ overlay_free (struct overlay *ov)
   for (unsigned i = 0; i < STRIPES; ++i)
     pthread_mutex_destroy (&ov->stripes[i]);
   pthread_mutex_destroy (&ov->commit_lock);
+  pthread_mutex_destroy (&ov->freeze_lock);
   pthread_mutex_destroy (&ov->committer_lock);
   pthread_cond_destroy (&ov->committer_cond);
   free (ov->journal_path);

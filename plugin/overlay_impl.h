@@ -18,14 +18,24 @@
 
 /* A block's entry in the block map: the low two bits are the state, the
  * rest says where the data is.  Clean is 0 so untouched blocks cost
- * nothing; zero is the block map's fill value.
+ * nothing; zero is the block map's fill value.  A store entry's bits 2-3
+ * say, with a journal, that its slot was first written in the open epoch
+ * of that parity and no commit names it yet: only such a slot may be
+ * written over in place (see the design note).
  */
 enum { E_CLEAN = 0, E_ZERO = 1, TAG_STORE = 2, TAG_FILE = 3 };
+#define E_FRESH 4
+#define E_PARITY 8
+#define SLOT_SHIFT 4
 
 static inline unsigned tag (uint64_t e) { return e & 3; }
 static inline bool is_data (uint64_t e) { return tag (e) >= TAG_STORE; }
-static inline uint64_t store_entry (uint64_t slot) { return slot << 2 | TAG_STORE; }
-static inline uint64_t slot_of (uint64_t e) { return e >> 2; }
+static inline uint64_t store_entry (uint64_t slot) { return slot << SLOT_SHIFT | TAG_STORE; }
+static inline uint64_t fresh_entry (uint64_t slot, unsigned p)
+{ return store_entry (slot) | E_FRESH | (p ? E_PARITY : 0); }
+static inline uint64_t slot_of (uint64_t e) { return e >> SLOT_SHIFT; }
+/* Whether e is a store entry for slot s (whatever its flags). */
+static inline bool is_slot (uint64_t e, uint64_t s) { return tag (e) == TAG_STORE && slot_of (e) == s; }
 /* Reloaded qcow2 data offsets are multiples of 512, so the tag fits. */
 static inline uint64_t file_entry (uint64_t off) { return off | TAG_FILE; }
 static inline uint64_t file_offset_of (uint64_t e) { return e & ~(uint64_t) 3; }
@@ -55,6 +65,12 @@ struct overlay {
   pthread_mutex_t commit_lock;
   _Atomic uint64_t committed;     /* epochs below this are committed */
   _Atomic int pins;               /* frozen views alive: reclaim nothing */
+  /* A freeze waits for the write requests in flight (a request is one
+   * point in time for a save) and holds new ones off while it copies.
+   */
+  _Atomic uint64_t writers;
+  _Atomic int freezing;
+  pthread_mutex_t freeze_lock;    /* held by a freeze throughout */
   _Atomic int journal_errno;      /* sticky: a commit failed */
   uint64_t compact_min;
 

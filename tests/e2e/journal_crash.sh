@@ -28,9 +28,6 @@ STATE=$d/state
 kill_round () {
   local n=$1 delay
   start_nb "round$n" "${ARGS[@]}" || { fail "round $n: nbdkit starts"; return; }
-  if [ "$n" -gt 0 ]; then
-    checkv "round $n: the start logs the recovery" grep_log "luacow: recovered journal $d/ov.qcow2.journal: "
-  fi
   coproc CL { timeout -s KILL 120 "$CC_OUT" "$SCRATCH/round$n.sock" "$STATE" 4 30; }
   local cpid=$CL_PID line out=()
   exec {cl_out}<&"${CL[0]}"
@@ -38,6 +35,10 @@ kill_round () {
     [ "$line" = RUNNING ] && break
     out+=("$line")
   done
+  # The overlay (and the recovery) is made at the first client's connection.
+  if [ "$n" -gt 0 ]; then
+    checkv "round $n: the first connection logs the recovery" grep_log "luacow: recovered journal $d/ov.qcow2.journal: "
+  fi
   delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.2 + (r % 150) / 100 }')
   sleep "$delay"
   kill -KILL "$NB_PID"
@@ -74,13 +75,14 @@ check "the base was never written" test "$(sha256sum < "$d/base.raw")" = "$sum_b
 # A journal that never got a commit (killed before anything was written):
 # the next start ignores it and reloads what the policy names.
 start_nb nocommit file "$d/base.raw" luacow-save="$d/other.qcow2"
+timeout 10 nbdinfo --size "$NB_URI" >/dev/null   # the first connection makes the journal
 kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null
 check "no commit: the killed start left a journal" test -s "$d/other.qcow2.journal"
 start_nb nocommit2 file "$d/base.raw" luacow-save="$d/other.qcow2" luacow-load="$d/ov.qcow2"
-checkv "no commit: the next start says so and starts afresh" grep_log "journal $d/other.qcow2.journal holds no commit: starting afresh"
-checkv "no commit: ... and reloads the policy's file" grep_log "luacow: reloaded $d/ov.qcow2: "
 timeout 120 "$CC_OUT" "$SCRATCH/nocommit2.sock" "$STATE" 4 0 > "$SCRATCH/nocommit2.out"
 pass_fail_to_tap "no commit: the reloaded disk" "$SCRATCH/nocommit2.out"
+checkv "no commit: the first connection says so and starts afresh" grep_log "journal $d/other.qcow2.journal holds no commit: starting afresh"
+checkv "no commit: ... and reloads the policy's file" grep_log "luacow: reloaded $d/ov.qcow2: "
 stop_nb
 rm -f "$d/other.qcow2" "$d/other.qcow2.journal"*
 
@@ -97,9 +99,12 @@ leave_journal r1
 cp "$d/ov.qcow2.journal" "$SCRATCH/journal.keep"
 
 mkbase "$d/small.raw" $((32 << 20)) 8
-startup_fails size file "$d/small.raw" luacow-save="$d/ov.qcow2" luacow-load="$d/ov.qcow2"
-checkv "another export size: nbdkit refuses to start, one line naming the journal and the reason" \
-  failed_at_startup "luacow: journal $d/ov.qcow2.journal: " "the journal is for an export of 67108864 bytes, this export has 33554432"
+# The size is known at the first connection (the plugin is not opened before).
+checkv "another export size: every client refused, naming the journal and the reason" \
+  refused_at_open size "luacow: journal $d/ov.qcow2.journal: " \
+  "the journal is for an export of 67108864 bytes, this export has 33554432" -- \
+  file "$d/small.raw" luacow-save="$d/ov.qcow2" luacow-load="$d/ov.qcow2"
+check "another export size: the journal is kept as it was" cmp -s "$d/ov.qcow2.journal" "$SCRATCH/journal.keep"
 
 cp "$d/ov.qcow2.journal.base" "$SCRATCH/base.keep"
 printf 'X' | dd of="$d/ov.qcow2.journal.base" bs=1 seek=200 conv=notrunc status=none
@@ -122,9 +127,10 @@ cp "$SCRATCH/journal.keep" "$d/ov.qcow2.journal"
 start_nb again "${ARGS[@]}"
 timeout 60 "$CC_OUT" "$SCRATCH/again.sock" "$SCRATCH/r1.state" 2 0 > "$SCRATCH/again.out"
 pass_fail_to_tap "after the refusals" "$SCRATCH/again.out"
-NB_ENV= startup_fails busy "${ARGS[@]}"
-checkv "a journal in use by another nbdkit: refused" \
-  failed_at_startup "luacow: journal $d/ov.qcow2.journal: " "in use by another process"
+first=$NB_PID
+checkv "a journal in use by another nbdkit: its clients are refused" \
+  refused_at_open busy "luacow: journal $d/ov.qcow2.journal: " "in use by another process" -- "${ARGS[@]}"
+NB_PID=$first
 stop_nb
 check "the exit save removed the journal" test ! -e "$d/ov.qcow2.journal"
 
@@ -149,12 +155,14 @@ start_nb seen1 file "$d/base.raw" luacow-script="$d/seen.lua"
 timeout 60 "$CC_OUT" "$SCRATCH/seen1.sock" "$SCRATCH/seen.state" 2 0.5 >/dev/null
 kill -KILL "$NB_PID"; wait "$NB_PID" 2>/dev/null
 start_nb seen2 file "$d/base.raw" luacow-script="$d/seen.lua"
+timeout 10 nbdinfo --size "$NB_URI" >/dev/null   # the recovery happens at the first connection
 stop_nb
 checkv "ctx.recovered names the journal, the blocks and bytes, and a flush time" \
   grep -qE "^$d/own.journal [1-9][0-9]* [1-9][0-9]* true$" "$d/recovered.txt"
 check "a policy that never saves keeps its journal" test -s "$d/own.journal"
 rm -f "$d/own.journal"
 start_nb seen3 file "$d/base.raw" luacow-script="$d/seen.lua"
+timeout 10 nbdinfo --size "$NB_URI" >/dev/null
 stop_nb
 checkv "without a recovery, ctx.recovered is nil" grep -qx nil "$d/recovered.txt"
 
