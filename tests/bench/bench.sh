@@ -348,7 +348,7 @@ while total < 256 * 1048576:
 # luacow_save SIZE: ms from SIGTERM until nbdkit has saved and exited.
 luacow_save () {
   local base=$WORK/sparse.img save=$WORK/luacow.qcow2
-  rm -f "$base" "$save"; truncate -s "$1" "$base"
+  rm -rf "$base" "$save" "${TMPDIR:?}"/*; truncate -s "$1" "$base"
   start luacow "$base" luacow-save="$save"
   write_random "$1" 1
   local t0; t0=$(now_ns)
@@ -410,7 +410,7 @@ done
 ############################################################ reload timing
 say "bench: reload timing (2 GiB save)"
 base=$WORK/sparse.img save=$WORK/big.qcow2
-rm -f "$base" "$save"; truncate -s $((8 * 1024 * 1024 * 1024)) "$base"
+rm -rf "$base" "$save" "${TMPDIR:?}"/*; truncate -s $((8 * 1024 * 1024 * 1024)) "$base"
 start luacow "$base" luacow-save="$save"
 fio_iops fill2g --rw=write --bs=1m --iodepth=4 --size=2g --refill_buffers=1 >/dev/null
 t0=$(now_ns); stop; SAVE2G_MS=$(ms_since "$t0")
