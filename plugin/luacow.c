@@ -531,8 +531,11 @@ first_open (nbdkit_next *next)
   }
   if (check_savable ((uint64_t) size, cluster_size, msg, sizeof msg) == -1)
     return sticky (msg);
-  if (build_overlay ((uint64_t) size, next, msg, sizeof msg) == -1)
+  if (build_overlay ((uint64_t) size, next, msg, sizeof msg) == -1) {
+    overlay_free (overlay);   /* none is served: every open fails alike */
+    overlay = NULL;
     return sticky (msg);
+  }
   if (luacow_debug_verbose)
     nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, "
                   "cow-on-read %d, cow-on-cache %d", policy_name (policy), size, cluster_size,

@@ -71,7 +71,9 @@ int overlay_check_journal (const char *path, char err[OV_ERRLEN]);
 /* Commits what is pending (a clean shutdown leaves a complete journal). */
 void overlay_free (struct overlay *ov);
 
-/* Start committing (and reclaiming) in the background, once a second.
+/* Start committing (and reclaiming) in the background: every second
+ * without a journal (no I/O), every 30 s with one, and sooner when space
+ * or records pile up.
  * After nbdkit forks: a thread started before would not be in the server.
  * 0, or -1 with err set.
  */
@@ -121,7 +123,7 @@ int overlay_set_zero_blocks (struct overlay *ov, uint64_t block, uint64_t n);
 int overlay_put_block (struct overlay *ov, uint64_t block, const void *buf, int *err);
 int overlay_commit (struct overlay *ov, int *err);
 
-/* What the background committer does once a second: commit, reclaim,
+/* What the background committer does each time: commit, reclaim,
  * compact the journal when due.  For tests, which do not start it.
  */
 int overlay_tick (struct overlay *ov, int *err);

@@ -737,10 +737,13 @@ policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
   return r;
 }
 
-int
-policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
+/* A startup field of disk that gives a path (or nothing): *path is NULL
+ * or absolute, to free.
+ */
+static int
+disk_path_field (struct policy *p, const char *field, char **path, char err[POLICY_ERRLEN])
 {
-  struct job *j = job_new (p, "load", NULL, NULL);
+  struct job *j = job_new (p, field, NULL, NULL);
   *path = NULL;
   if (!j)
     return out_of_memory (p, err);
@@ -756,21 +759,15 @@ policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
 }
 
 int
+policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
+{
+  return disk_path_field (p, "load", path, err);
+}
+
+int
 policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  struct job *j = job_new (p, "journal", NULL, NULL);
-  *path = NULL;
-  if (!j)
-    return out_of_memory (p, err);
-  j->nargs = 1;
-  int r = run_job (p, &j, field_body, err);
-  if (r == 0) {
-    *path = j->str;
-    j->str = NULL;
-    r = resolve_result (p, path, err);
-  }
-  job_release (j);
-  return r;
+  return disk_path_field (p, "journal", path, err);
 }
 
 /* disk.recovered = { journal, blocks, bytes, flushed, seconds }. */
