@@ -276,13 +276,11 @@ add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *err)
 }
 
 /* Publish fresh slots s[0..k) for blocks [b, b+k) while holding their
- * stripes: the records (hashing the data at src, bytes long), then the
- * exchanges, so records and entries change in the same order for every
- * block.
+ * stripes: the records, then the exchanges, so records and entries change
+ * in the same order for every block.
  */
 static int
-publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
-                const char *src, uint64_t bytes, int *err)
+publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, int *err)
 {
   _Atomic uint64_t *cells[SLOTS_MAX_TAKE];
   for (uint64_t i = 0; i < k; ++i)
@@ -293,12 +291,10 @@ publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
     }
   unsigned p = atomic_load (&ov->epoch) & 1;
   /* One record per block, so that a commit can drop the ones it replaces;
-   * the hash is the slot's, taken at commit time.
+   * the commit hashes the slot's data as it then is.
    */
   for (uint64_t i = 0; i < k && ov->journal; ++i) {
-    uint64_t off = i << ov->bits, len = min64 (bytes, (i + 1) << ov->bits) - off;
     struct jrec rec = { .kind = REC_STORE, .count = 1, .block = b + i, .value = s[i] };
-    slots_set_hash (ov->slots, s[i], XXH3_64bits (src + off, len));
     if (add_record (ov, p, &rec, err) == -1)
       return -1;
   }
@@ -354,10 +350,6 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
     uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
     if (store_write (ov->store, src + off, len, s << ov->bits, err) == -1)
       r = -1;
-    for (uint64_t x = 0; x < n && r == 1 && ov->journal; ++x) {
-      uint64_t o = (i + x) << ov->bits;
-      slots_set_hash (ov->slots, s + x, XXH3_64bits (src + o, min64 (bytes, o + ov->bs) - o));
-    }
     i += n;
   }
   stripes_unlock (ov, &set);
@@ -365,13 +357,12 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
 }
 
 static int
-publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s,
-         const char *src, uint64_t bytes, int *err)
+publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, int *err)
 {
   struct stripe_set set;
   stripes_of (&set, b, b + k);
   stripes_lock (ov, &set);
-  int r = publish_locked (ov, b, k, s, src, bytes, err);
+  int r = publish_locked (ov, b, k, s, err);
   stripes_unlock (ov, &set);
   return r;
 }
@@ -408,7 +399,7 @@ write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, i
       i += n;
     }
     if (r == 0)
-      r = publish (ov, b, k, s, src, bytes, err);
+      r = publish (ov, b, k, s, err);
     if (r == -1) {            /* nobody saw these slots: give them back */
       unsigned p = atomic_load (&ov->epoch) & 1;
       for (uint64_t i = 0; i < k; ++i)
@@ -473,8 +464,6 @@ write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
     memset (blk + in, 0, n);
   if (in_place (ov, e, atomic_load (&ov->epoch) & 1)) {
     r = store_write (ov->store, blk, len, slot_of (e) << ov->bits, err);
-    if (r == 0 && ov->journal)
-      slots_set_hash (ov->slots, slot_of (e), XXH3_64bits (blk, len));
     goto out;
   }
   uint64_t s;
@@ -486,7 +475,7 @@ write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
   }
   r = store_write (ov->store, blk, len, s << ov->bits, err);
   if (r == 0)
-    r = publish_locked (ov, b, 1, &s, blk, len, err);
+    r = publish_locked (ov, b, 1, &s, err);
   if (r == -1)
     slots_retire (ov->slots, atomic_load (&ov->epoch) & 1, s, true);
  out:

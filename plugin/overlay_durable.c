@@ -60,18 +60,49 @@ advance (struct overlay *ov)
 
 static int compact (struct overlay *ov);
 
-/* Each STORE record takes its slot's hash as of now: a slot written over
- * in place within the epoch is named with its last content.
+/* Each STORE record hashes its slot's data as it is now, after the drain:
+ * a slot written over in place within the epoch is named with its last
+ * content, and nothing writes it again before the next commit.  Runs of
+ * consecutive blocks and slots are read with one call.  Hashing here, not
+ * in the request path, costs the commit what changed since the last one.
  */
-static void
+#define HASH_READ ((uint64_t) 1 << 20)
+
+static int
 take_hashes (struct overlay *ov, unsigned p)
 {
+  if (!ov->hash_buf && !(ov->hash_buf = malloc (HASH_READ)))
+    return -1;
+  char *buf = ov->hash_buf;
   uint64_t n = avec_len (&ov->recs[p]);
-  for (uint64_t i = 0; i < n; ++i) {
+  for (uint64_t i = 0; i < n;) {
     struct jrec *r = avec_at (&ov->recs[p], i);
-    if (r && r->kind == REC_STORE)
-      r->hash = slots_hash (ov->slots, r->value);
+    if (!r || r->kind != REC_STORE) {
+      i++;
+      continue;
+    }
+    /* The run of records i.. naming blocks b.. in slots s.. */
+    uint64_t k = 1;
+    while (i + k < n && ((k + 1) << ov->bits) <= HASH_READ) {
+      struct jrec *x = avec_at (&ov->recs[p], i + k);
+      if (!x || x->kind != REC_STORE || x->block != r->block + k || x->value != r->value + k)
+        break;
+      k++;
+    }
+    uint64_t bytes = min64 ((r->block + k) << ov->bits, ov->size) - (r->block << ov->bits);
+    int e;
+    if (store_read (ov->store, buf, bytes, r->value << ov->bits, &e) == -1) {
+      errno = e;
+      return -1;
+    }
+    for (uint64_t x = 0; x < k; ++x) {
+      struct jrec *y = avec_at (&ov->recs[p], i + x);
+      uint64_t off = x << ov->bits;
+      y->hash = XXH3_64bits (buf + off, min64 (bytes, off + ov->bs) - off);
+    }
+    i += k;
   }
+  return 0;
 }
 
 /* The slots of a durable commit may no longer be written over in place:
@@ -101,8 +132,8 @@ ov_commit (struct overlay *ov, bool may_compact, int *err)
   int r = 0;
   if (ov->journal && !atomic_load (&ov->journal_errno)) {
     uint64_t now_us = (uint64_t) (epoch_seconds () * 1e6);
-    take_hashes (ov, p);
-    if (journal_commit (ov->journal, &ov->recs[p], now_us) == -1) {
+    if (take_hashes (ov, p) == -1 ||
+        journal_commit (ov->journal, &ov->recs[p], now_us) == -1) {
       int e = errno;
       atomic_store (&ov->journal_errno, e);
       nbdkit_error ("luacow: journal %s: commit failed: %s; flushes fail from now on, "
@@ -753,6 +784,7 @@ overlay_free (struct overlay *ov)
   pthread_cond_destroy (&ov->committer_cond);
   free (ov->journal_path);
   free (ov->base_link);
+  free (ov->hash_buf);
   free (ov);
 }
 

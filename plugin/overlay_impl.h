@@ -73,6 +73,7 @@ struct overlay {
   pthread_mutex_t freeze_lock;    /* held by a freeze throughout */
   _Atomic int journal_errno;      /* sticky: a commit failed */
   uint64_t compact_min;
+  char *hash_buf;                 /* commit_lock's: data read to be hashed */
 
   pthread_t committer;
   bool committer_running, committer_stop;

@@ -8,8 +8,6 @@
 #include "slots.h"
 
 #define RING (1u << 16)           /* free slots ready for writers */
-#define HASH_CHUNK_BITS 16        /* slot hashes: chunks of 64 Ki slots, */
-#define HASH_CHUNKS (1u << 20)    /* allocated when first used */
 #define PUNCH_BIT ((uint64_t) 1 << 63)
 
 struct slots {
@@ -25,7 +23,6 @@ struct slots {
   uint64_t *spare;
   size_t nspare, spare_cap;
   struct avec limbo[2];           /* retired slot + 1 (0: a failed push) */
-  _Atomic (uint64_t *) *hashes;   /* HASH_CHUNKS chunk pointers */
 };
 
 struct slots *
@@ -35,11 +32,6 @@ slots_new (struct store *st)
   if (!s)
     return NULL;
   s->st = st;
-  s->hashes = calloc (HASH_CHUNKS, sizeof *s->hashes);   /* untouched pages cost nothing */
-  if (!s->hashes) {
-    free (s);
-    return NULL;
-  }
   avec_init (&s->limbo[0], sizeof (uint64_t));
   avec_init (&s->limbo[1], sizeof (uint64_t));
   return s;
@@ -52,41 +44,10 @@ slots_free (struct slots *s)
     return;
   avec_destroy (&s->limbo[0]);
   avec_destroy (&s->limbo[1]);
-  for (size_t i = 0; i < HASH_CHUNKS; ++i)
-    free (atomic_load (&s->hashes[i]));
-  free (s->hashes);
   free (s->spare);
   free (s);
 }
 
-void
-slots_set_hash (struct slots *s, uint64_t slot, uint64_t hash)
-{
-  uint64_t c = slot >> HASH_CHUNK_BITS;
-  if (c >= HASH_CHUNKS)
-    return;
-  uint64_t *chunk = atomic_load_explicit (&s->hashes[c], memory_order_acquire);
-  if (!chunk) {
-    uint64_t *fresh = calloc ((size_t) 1 << HASH_CHUNK_BITS, sizeof *fresh);
-    if (!fresh)
-      return;                 /* the commit names it with hash 0: never kept as last */
-    if (atomic_compare_exchange_strong (&s->hashes[c], &chunk, fresh))
-      chunk = fresh;
-    else
-      free (fresh);
-  }
-  chunk[slot & (((uint64_t) 1 << HASH_CHUNK_BITS) - 1)] = hash;
-}
-
-uint64_t
-slots_hash (const struct slots *s, uint64_t slot)
-{
-  uint64_t c = slot >> HASH_CHUNK_BITS;
-  if (c >= HASH_CHUNKS)
-    return 0;
-  uint64_t *chunk = atomic_load_explicit (&((struct slots *) s)->hashes[c], memory_order_acquire);
-  return chunk ? chunk[slot & (((uint64_t) 1 << HASH_CHUNK_BITS) - 1)] : 0;
-}
 
 uint64_t slots_end (const struct slots *s) { return atomic_load (&((struct slots *) s)->next); }
 

@@ -52,13 +52,6 @@ void slots_release_now (struct slots *s, uint64_t slot, uint64_t n);
  */
 int slots_rebuild (struct slots *s, const uint64_t *used, size_t n);
 
-/* The hash of what a slot holds now (journal: its record's hash is taken
- * at commit time, so a slot written over in place is named with its last
- * content).  Slots past 2^36 have no hash (0).
- */
-void slots_set_hash (struct slots *s, uint64_t slot, uint64_t hash);
-uint64_t slots_hash (const struct slots *s, uint64_t slot);
-
 /* Slots handed out from the end of the file so far (the high-water mark),
  * and free slots waiting for reuse.
  */
