@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fullio.h"
 #include "jio.h"
 
 /* At most 256 KiB per call: 1 MiB pwrites into fresh file space cost
@@ -24,15 +25,10 @@ fd_pwrite (void *h, const void *buf, size_t n, uint64_t off)
 {
   const char *p = buf;
   while (n > 0) {
-    ssize_t r = pwrite (fd_of (h), p, n > WRITE_MAX ? WRITE_MAX : n, (off_t) off);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      if (r == 0)
-        errno = EIO;          /* no progress: never spin */
+    size_t k = n > WRITE_MAX ? WRITE_MAX : n;
+    if (full_pwrite (fd_of (h), p, k, off) == -1)
       return -1;
-    }
-    p += r; n -= (size_t) r; off += (uint64_t) r;
+    p += k; n -= k; off += k;
   }
   return 0;
 }
@@ -40,20 +36,7 @@ fd_pwrite (void *h, const void *buf, size_t n, uint64_t off)
 static int
 fd_pread (void *h, void *buf, size_t n, uint64_t off)
 {
-  char *p = buf;
-  while (n > 0) {
-    ssize_t r = pread (fd_of (h), p, n, (off_t) off);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r == -1)
-      return -1;
-    if (r == 0) {             /* past the end: never written */
-      memset (p, 0, n);
-      return 0;
-    }
-    p += r; n -= (size_t) r; off += (uint64_t) r;
-  }
-  return 0;
+  return full_pread (fd_of (h), buf, n, off);
 }
 
 static int fd_sync (void *h) { return fdatasync (fd_of (h)); }

@@ -14,7 +14,9 @@
 
 struct jio {
   int (*pwrite) (void *h, const void *buf, size_t n, uint64_t off);
-  /* Bytes past the end of the file read as zeroes. */
+  /* Reading past the end of the file is an error (EIO) for a real file;
+   * the store never does (the file is grown before a slot is used).
+   */
   int (*pread) (void *h, void *buf, size_t n, uint64_t off);
   int (*sync) (void *h);                  /* fdatasync */
   int (*truncate) (void *h, uint64_t size);

@@ -67,6 +67,7 @@
 #include <nbdkit-filter.h>
 #include <xxhash.h>
 
+#include "fullio.h"
 #include "overlay_impl.h"
 
 /* Retired slots (or journal records) of one epoch that wake the committer
@@ -129,18 +130,11 @@ static inline uint64_t min64 (uint64_t a, uint64_t b) { return a < b ? a : b; }
 static int
 pread_file (struct overlay *ov, void *buf, uint64_t count, uint64_t off, int *err)
 {
-  char *p = buf;
-  while (count > 0) {
-    ssize_t r = pread (ov->file_fd, p, count, (off_t) off);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      *err = r == 0 ? EIO : errno;
-      nbdkit_error ("luacow: reading the reloaded qcow2 at %" PRIu64 ": %s",
-                    off, r == 0 ? "unexpected end of file" : strerror (errno));
-      return -1;
-    }
-    p += r; off += (uint64_t) r; count -= (uint64_t) r;
+  if (full_pread (ov->file_fd, buf, count, off) == -1) {
+    *err = errno;
+    nbdkit_error ("luacow: reading the reloaded qcow2 at %" PRIu64 ": %s", off,
+                  errno == EIO ? "unexpected end of file or I/O error" : strerror (errno));
+    return -1;
   }
   return 0;
 }

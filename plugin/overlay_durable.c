@@ -19,6 +19,7 @@
 #include <zlib.h>
 
 #include "clock.h"
+#include "fullio.h"
 #include "overlay_impl.h"
 
 /* Seconds between background commits: without a journal they only
@@ -291,18 +292,9 @@ file_identity (int fd, uint64_t *size, uint32_t *crc)
   unsigned char *buf = malloc (n ? n : 1);
   if (!buf)
     return -1;
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = pread (fd, buf + got, n - got, (off_t) got);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      free (buf);
-      if (r == 0)
-        errno = EIO;
-      return -1;
-    }
-    got += (size_t) r;
+  if (full_pread (fd, buf, n, 0) == -1) {
+    free (buf);
+    return -1;
   }
   *crc = (uint32_t) crc32 (0, buf, (uInt) n);
   free (buf);
@@ -464,6 +456,7 @@ static int
 open_base (const struct jheader *h, int *fd, uint64_t *size, char err[JOURNAL_ERRLEN])
 {
   *fd = -1;
+  *size = 0;
   if (!h->has_base)
     return 0;
   int f = open (h->base_path, O_RDONLY | O_CLOEXEC);

@@ -16,7 +16,8 @@ trap 'rm -rf "$work"' EXIT
 fail () { echo "not ok 1 - fuzz journal recovery: $*"; echo "1..1"; exit 1; }
 
 SRCS="plugin/overlay.c plugin/overlay_durable.c plugin/journal.c plugin/journal_format.c
-      plugin/slots.c plugin/store.c plugin/avec.c plugin/blockmap.c plugin/jio.c tests/unit/stubs.c"
+      plugin/slots.c plugin/store.c plugin/avec.c plugin/blockmap.c plugin/jio.c plugin/fullio.c
+      tests/unit/stubs.c"
 FLAGS="-std=c11 -D_GNU_SOURCE -g -Iplugin $(pkg-config --cflags nbdkit)"
 LIBS="-lz -lxxhash -lpthread"
 # shellcheck disable=SC2086
