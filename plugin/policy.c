@@ -710,46 +710,24 @@ resolve_result (struct policy *p, char **path, char err[POLICY_ERRLEN])
   return abs ? 0 : out_of_memory (p, err);
 }
 
-int
-policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
-            char err[POLICY_ERRLEN])
-{
-  *read_path = NULL;
-  struct job *j = job_new (p, "cow_on_read", NULL, NULL);
-  if (!j)
-    return out_of_memory (p, err);
-  j->nargs = 1;
-  int r = run_job (p, &j, field_body, err);
-  if (r == 0) {
-    *on_read = j->yes;
-    *read_path = j->str;
-    j->str = NULL;
-    r = resolve_result (p, read_path, err);
-  }
-  job_release (j);
-  if (r == -1 || !(j = job_new (p, "cow_on_cache", NULL, NULL)))
-    return r == -1 ? -1 : out_of_memory (p, err);
-  j->nargs = 1;
-  r = run_job (p, &j, field_body, err);
-  if (r == 0)
-    *on_cache = j->yes;
-  job_release (j);
-  return r;
-}
 
 /* A startup field of disk that gives a path (or nothing): *path is NULL
- * or absolute, to free.
+ * or absolute, to free; *yes (when asked for) is the result's truth.
  */
 static int
-disk_path_field (struct policy *p, const char *field, char **path, char err[POLICY_ERRLEN])
+disk_field (struct policy *p, const char *field, char **path, bool *yes,
+            char err[POLICY_ERRLEN])
 {
   struct job *j = job_new (p, field, NULL, NULL);
-  *path = NULL;
+  if (path)
+    *path = NULL;
   if (!j)
     return out_of_memory (p, err);
   j->nargs = 1;
   int r = run_job (p, &j, field_body, err);
-  if (r == 0) {
+  if (r == 0 && yes)
+    *yes = j->yes;
+  if (r == 0 && path) {
     *path = j->str;
     j->str = NULL;
     r = resolve_result (p, path, err);
@@ -761,13 +739,23 @@ disk_path_field (struct policy *p, const char *field, char **path, char err[POLI
 int
 policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  return disk_path_field (p, "load", path, err);
+  return disk_field (p, "load", path, NULL, err);
 }
 
 int
 policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN])
 {
-  return disk_path_field (p, "journal", path, err);
+  return disk_field (p, "journal", path, NULL, err);
+}
+
+int
+policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
+            char err[POLICY_ERRLEN])
+{
+  *on_cache = false;
+  if (disk_field (p, "cow_on_read", read_path, on_read, err) == -1)
+    return -1;
+  return disk_field (p, "cow_on_cache", NULL, on_cache, err);
 }
 
 /* disk.recovered = { journal, blocks, bytes, flushed, seconds }. */
