@@ -53,8 +53,8 @@ static double event_interval;
 static double started_at;
 static char *load_path;               /* what the policy reloads, checked at startup */
 static char *journal_path;            /* NULL: nothing survives a crash */
-/* cow-on-read / cow-on-cache as the policy decided (for the overlay's
- * copying, which is not implemented yet).
+/* cow-on-read / cow-on-cache as the policy decided: reads (or cache
+ * requests) keep copies of the plugin's data in the overlay.
  */
 static bool cow_read_on, cow_cache_on;
 static char *cow_read_path;
@@ -317,15 +317,6 @@ luacow_get_ready (int thread_model)
     }
     close (fd);
   }
-  /* Accepted, so that cow's command lines work; the data is correct
-   * either way, only not kept.
-   */
-  if (cow_read_on)
-    fprintf (stderr, "nbdkit: luacow: cow-on-read is accepted; copying on read is not "
-             "implemented yet (%s)\n", cow_read_path ? cow_read_path : "always");
-  if (cow_cache_on)
-    fprintf (stderr, "nbdkit: luacow: cow-on-cache is accepted; copying on cache is not "
-             "implemented yet\n");
   return 0;
 }
 
@@ -653,13 +644,24 @@ static int luacow_can_multi_conn (nbdkit_next *next, void *handle)
 static int luacow_can_cache (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return NBDKIT_CACHE_NATIVE; }
 
+/* cow-on-read=true, or =PATH while PATH exists (as cow checks it). */
+static bool
+copy_on_read (void)
+{
+  return cow_read_on && (!cow_read_path || access (cow_read_path, F_OK) == 0);
+}
+
 static int
 luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
               uint64_t offset, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
   (void) handle; (void) flags;
-  return overlay_pread (overlay, &lower, buf, count, offset, err);
+  if (overlay_pread (overlay, &lower, buf, count, offset, err) == -1)
+    return -1;
+  if (copy_on_read ())
+    overlay_populate (overlay, buf, count, offset);
+  return 0;
 }
 
 static int
@@ -775,25 +777,48 @@ luacow_extents (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset
   return overlay_map (overlay, offset, count, extents_run, &j) < 0 ? -1 : 0;
 }
 
-struct cache_job { nbdkit_next *next; int *err; };
+struct cache_job { nbdkit_next *next; int *err; char *buf; };
 
+#define CACHE_CHUNK (1u << 20)
+
+/* cow-on-cache: clean data is read from the plugin and kept as copies;
+ * otherwise the plugin is asked to cache it.
+ */
 static int
 cache_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
 {
   struct cache_job *j = opaque;
-  if (kind != OV_CLEAN || j->next->can_cache (j->next) != NBDKIT_CACHE_NATIVE)
+  if (kind != OV_CLEAN)
     return 0;
-  return j->next->cache (j->next, (uint32_t) len, off, 0, j->err) == -1 ? -1 : 0;
+  if (!j->buf)
+    return j->next->can_cache (j->next) == NBDKIT_CACHE_NATIVE &&
+      j->next->cache (j->next, (uint32_t) len, off, 0, j->err) == -1 ? -1 : 0;
+  for (uint64_t done = 0; done < len;) {
+    uint32_t n = len - done < CACHE_CHUNK ? (uint32_t) (len - done) : CACHE_CHUNK;
+    if (j->next->pread (j->next, j->buf, n, off + done, 0, j->err) == -1)
+      return -1;
+    overlay_populate (overlay, j->buf, n, off + done);
+    done += n;
+  }
+  return 0;
 }
 
-/* Overlay data is local already; clean ranges are passed to the plugin. */
+/* Overlay data is local already; clean ranges are cached below, or kept
+ * as copies with cow-on-cache.
+ */
 static int
 luacow_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
               uint32_t flags, int *err)
 {
-  struct cache_job j = { next, err };
+  struct cache_job j = { next, err, NULL };
   (void) handle; (void) flags;
-  return overlay_map (overlay, offset, count, cache_run, &j) ? -1 : 0;
+  if (cow_cache_on && !(j.buf = malloc (CACHE_CHUNK))) {
+    *err = ENOMEM;
+    return -1;
+  }
+  int r = overlay_map (overlay, offset, count, cache_run, &j) ? -1 : 0;
+  free (j.buf);
+  return r;
 }
 
 static struct nbdkit_filter filter = {

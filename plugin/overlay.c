@@ -317,7 +317,7 @@ publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, i
 static bool
 in_place (const struct overlay *ov, uint64_t e, unsigned p)
 {
-  if (tag (e) != TAG_STORE || atomic_load (&((struct overlay *) ov)->pins) != 0)
+  if (tag (e) != TAG_STORE || is_copy (e) || atomic_load (&((struct overlay *) ov)->pins) != 0)
     return false;
   return !ov->journal || ((e & E_FRESH) && !!(e & E_PARITY) == p);
 }
@@ -656,8 +656,18 @@ overlay_map (const struct overlay *ov, uint64_t offset, uint64_t count,
     uint64_t b = pos >> ov->bits, nb;
     uint64_t e = blockmap_get (ov->map, b);
     enum ov_kind kind;
-    if (e == E_CLEAN || e == E_ZERO) {
-      kind = e == E_CLEAN ? OV_CLEAN : OV_ZERO;
+    if (is_clean (e)) {         /* copies of the plugin's data are clean too */
+      kind = OV_CLEAN;
+      nb = b + 1;
+      for (;;) {
+        nb = blockmap_next_other (ov->map, nb, ov->nblocks, E_CLEAN);
+        if (nb >= ov->nblocks || (nb << ov->bits) >= end || !is_copy (blockmap_get (ov->map, nb)))
+          break;
+        nb++;
+      }
+    }
+    else if (e == E_ZERO) {
+      kind = OV_ZERO;
       nb = blockmap_next_other (ov->map, b + 1, ov->nblocks, e);
     }
     else {
@@ -673,6 +683,59 @@ overlay_map (const struct overlay *ov, uint64_t offset, uint64_t count,
     pos = run_end;
   }
   return 0;
+}
+
+/* ---------------------------------------------------------------- copies */
+
+/* Keep copies of the plugin's data: the whole blocks of [offset,
+ * offset+count) that are still clean get buf's bytes in fresh slots,
+ * marked as copies.  A block a client wrote meanwhile keeps the client's
+ * data (its entry is no longer clean when the copy is published).  Best
+ * effort: a copy that cannot be made is simply not made.
+ */
+void
+overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t offset)
+{
+  const char *src = buf;
+  uint64_t b = (offset + ov->bs - 1) >> ov->bits;
+  uint64_t b_end = offset + count >= ov->size ? ov->nblocks : (offset + count) >> ov->bits;
+  uint64_t ep = ov_enter (ov);
+  for (; b < b_end;) {
+    if (blockmap_get (ov->map, b) != E_CLEAN) {
+      b++;
+      continue;
+    }
+    uint64_t k = 1, s[SLOTS_MAX_TAKE];
+    while (k < SLOTS_MAX_TAKE && b + k < b_end && blockmap_get (ov->map, b + k) == E_CLEAN)
+      k++;
+    uint64_t bytes = block_end (ov, b + k - 1) - (b << ov->bits);
+    const char *p = src + ((b << ov->bits) - offset);
+    int err;
+    if (slots_take (ov->slots, k, s) == -1)
+      break;
+    int r = 0;
+    for (uint64_t i = 0; i < k && r == 0;) {
+      uint64_t n = 1;
+      while (i + n < k && s[i + n] == s[i] + n)
+        n++;
+      uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
+      r = store_write (ov->store, p + off, len, s[i] << ov->bits, &err);
+      i += n;
+    }
+    struct stripe_set set;
+    stripes_of (&set, b, b + k);
+    stripes_lock (ov, &set);
+    unsigned par = atomic_load (&ov->epoch) & 1;
+    for (uint64_t i = 0; i < k; ++i) {
+      _Atomic uint64_t *cell = r == 0 ? blockmap_cell (ov->map, b + i) : NULL;
+      uint64_t want = E_CLEAN;
+      if (!cell || !atomic_compare_exchange_strong (cell, &want, store_entry (s[i]) | E_COPY))
+        slots_retire (ov->slots, par, s[i], false);   /* never seen */
+    }
+    stripes_unlock (ov, &set);
+    b += k;
+  }
+  ov_exit (ov, ep);
 }
 
 /* ----------------------------------------------------------------- views */

@@ -92,6 +92,13 @@ int overlay_pwrite (struct overlay *ov, const struct ov_lower *lower,
 int overlay_zero (struct overlay *ov, const struct ov_lower *lower,
                   uint64_t count, uint64_t offset, int *err);
 
+/* cow-on-read and cow-on-cache: keep copies of the plugin's data just read
+ * (buf holds [offset, offset+count)) for the whole blocks still clean.
+ * Copies are read from the overlay but are clean for saves, extents and
+ * the journal (a save holds only what clients changed).
+ */
+void overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t offset);
+
 /* With a journal: returns once everything acknowledged before the call is
  * durable.  Without: nothing to do.  0 or -1 (*err).
  */

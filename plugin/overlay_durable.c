@@ -225,8 +225,8 @@ emit_state (struct overlay *ov)
   while (b < ov->nblocks) {
     uint64_t e = blockmap_get (ov->map, b), nb = b + 1;
     struct jrec r = { .block = b };
-    if (e == E_CLEAN) {
-      b = blockmap_next_other (ov->map, b, ov->nblocks, E_CLEAN);
+    if (is_clean (e)) {         /* copies of the plugin's data are not kept */
+      b = is_copy (e) ? b + 1 : blockmap_next_other (ov->map, b, ov->nblocks, E_CLEAN);
       continue;
     }
     if (e == E_ZERO) {

@@ -26,10 +26,17 @@
 enum { E_CLEAN = 0, E_ZERO = 1, TAG_STORE = 2, TAG_FILE = 3 };
 #define E_FRESH 4
 #define E_PARITY 8
-#define SLOT_SHIFT 4
+/* A copy of the plugin's data (cow-on-read, cow-on-cache): read from the
+ * store, but clean for everything else (saves, extents, the journal).
+ */
+#define E_COPY 16
+#define SLOT_SHIFT 5
 
 static inline unsigned tag (uint64_t e) { return e & 3; }
-static inline bool is_data (uint64_t e) { return tag (e) >= TAG_STORE; }
+static inline bool is_copy (uint64_t e) { return tag (e) == TAG_STORE && (e & E_COPY); }
+/* Data of the overlay's own: what clients wrote (or a reload gave). */
+static inline bool is_data (uint64_t e) { return tag (e) >= TAG_STORE && !is_copy (e); }
+static inline bool is_clean (uint64_t e) { return e == E_CLEAN || is_copy (e); }
 static inline uint64_t store_entry (uint64_t slot) { return slot << SLOT_SHIFT | TAG_STORE; }
 static inline uint64_t fresh_entry (uint64_t slot, unsigned p)
 { return store_entry (slot) | E_FRESH | (p ? E_PARITY : 0); }

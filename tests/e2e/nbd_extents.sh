@@ -220,7 +220,12 @@ plugin_maps () {
   nbdkit -f -U "$sock" "$@" 2>>"$SCRATCH/nbdkit.log" &
   local bp=$!; _pids+=("$bp")
   for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
-  local bare; bare=$(map_of "nbd+unix:///?socket=$sock")
+  # The socket exists a moment before nbdkit listens on it: try again.
+  local bare
+  for _ in $(seq 1 20); do
+    bare=$(map_of "nbd+unix:///?socket=$sock" 2>/dev/null) && [ -n "$bare" ] && break
+    sleep 0.1
+  done
   kill "$bp"; wait "$bp" 2>/dev/null
   check "$name: the bare plugin reports 64 MiB of hole,zero" [ "$bare" = "0 $((64 * M)) 3" ]
   run_nbdkit "lc-$name.sock" "$@" || { fail "$name: luacow nbdkit starts"; return; }
