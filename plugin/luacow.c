@@ -651,6 +651,22 @@ copy_on_read (void)
   return cow_read_on && (!cow_read_path || access (cow_read_path, F_OK) == 0);
 }
 
+/* A read's partly covered first or last block is copied whole, as cow
+ * copies its blocks: the same read next time needs nothing from below.
+ */
+static void
+copy_edge (nbdkit_next *next, uint64_t pos)
+{
+  char blk[4096];
+  uint32_t bs = overlay_block_size (overlay);
+  uint64_t start = pos / bs * bs, size = overlay_size (overlay);
+  uint32_t len = size - start < bs ? (uint32_t) (size - start) : bs;
+  int err;
+  if (overlay_block_clean (overlay, start) &&
+      next->pread (next, blk, len, start, 0, &err) == 0)
+    overlay_populate (overlay, blk, len, start);
+}
+
 static int
 luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
               uint64_t offset, uint32_t flags, int *err)
@@ -659,8 +675,14 @@ luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
   (void) handle; (void) flags;
   if (overlay_pread (overlay, &lower, buf, count, offset, err) == -1)
     return -1;
-  if (copy_on_read ())
+  if (copy_on_read ()) {
+    uint32_t bs = overlay_block_size (overlay);
     overlay_populate (overlay, buf, count, offset);
+    if (offset % bs)
+      copy_edge (next, offset);
+    if ((offset + count) % bs && offset + count < overlay_size (overlay))
+      copy_edge (next, offset + count - 1);
+  }
   return 0;
 }
 

@@ -738,6 +738,12 @@ overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t 
   ov_exit (ov, ep);
 }
 
+bool
+overlay_block_clean (const struct overlay *ov, uint64_t offset)
+{
+  return offset < ov->size && blockmap_get (ov->map, offset >> ov->bits) == E_CLEAN;
+}
+
 /* ----------------------------------------------------------------- views */
 
 struct overlay *

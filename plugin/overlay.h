@@ -98,6 +98,8 @@ int overlay_zero (struct overlay *ov, const struct ov_lower *lower,
  * the journal (a save holds only what clients changed).
  */
 void overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t offset);
+/* Whether the block holding offset is clean and no copy of it is kept. */
+bool overlay_block_clean (const struct overlay *ov, uint64_t offset);
 
 /* With a journal: returns once everything acknowledged before the call is
  * durable.  Without: nothing to do.  0 or -1 (*err).

@@ -46,6 +46,13 @@ echo 'return { cow_on_read = "rel/switch" }' > rel.lua
 mkdir -p rel && touch rel/switch
 n=$(reads policy "$READ2" luacow-script=rel.lua)
 check "a policy's relative cow_on_read path is taken from the start directory ($n bytes)" [ "$n" -eq 65536 ]
+# An unaligned read: its partly covered blocks are copied whole too.
+ONCE='assert h.pread(5000, 1000) == open("base.img", "rb").read(6000)[1000:]'
+TWICE="$ONCE; $ONCE"
+n1=$(reads unaligned1 "$ONCE" cow-on-read=true)
+n2=$(reads unaligned2 "$TWICE" cow-on-read=true)
+check "cow-on-read, unaligned: the same read again needs nothing from the plugin ($n1 and $n2 bytes)" \
+  [ "$n1" -gt 0 ] && [ "$n1" -eq "$n2" ]
 CACHE='h.cache(262144, 0); assert h.pread(262144, 0) == open("base.img", "rb").read(262144)'
 n=$(reads cache "$CACHE" cow-on-cache=true)
 check "cow-on-cache=true: NBD_CMD_CACHE reads once, the read after it none ($n bytes)" [ "$n" -eq 262144 ]
