@@ -52,7 +52,7 @@ TWICE="$ONCE; $ONCE"
 n1=$(reads unaligned1 "$ONCE" cow-on-read=true)
 n2=$(reads unaligned2 "$TWICE" cow-on-read=true)
 check "cow-on-read, unaligned: the same read again needs nothing from the plugin ($n1 and $n2 bytes)" \
-  [ "$n1" -gt 0 ] && [ "$n1" -eq "$n2" ]
+  [ "$n1" -gt 0 -a "$n1" -eq "$n2" ]
 CACHE='h.cache(262144, 0); assert h.pread(262144, 0) == open("base.img", "rb").read(262144)'
 n=$(reads cache "$CACHE" cow-on-cache=true)
 check "cow-on-cache=true: NBD_CMD_CACHE reads once, the read after it none ($n bytes)" [ "$n" -eq 262144 ]
