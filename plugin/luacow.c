@@ -271,6 +271,23 @@ check_reload_file (const char *path)
   return r;
 }
 
+/* A new journal is made at the first client's connection: its directory
+ * must be writable, which is checked now so that nbdkit does not start
+ * otherwise.
+ */
+static bool
+journal_dir_unusable (const char *path)
+{
+  const char *slash = strrchr (path, '/');
+  char *dir = slash == path ? strdup ("/") : strndup (path, (size_t) (slash - path));
+  bool bad = !dir || access (dir, W_OK | X_OK) == -1;
+  if (bad)
+    nbdkit_error ("luacow: journal %s: its directory %s is not writable: %m", path,
+                  dir ? dir : "?");
+  free (dir);
+  return bad;
+}
+
 static const char *
 store_dir (void)
 {
@@ -302,6 +319,8 @@ luacow_get_ready (int thread_model)
     nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
     return -1;
   }
+  if (j == 0 && journal_path && journal_dir_unusable (journal_path))
+    return -1;
   if (j == 0 && policy_load (policy, &load_path, err) == -1) {
     nbdkit_error ("luacow: %s", err);
     return -1;

@@ -123,6 +123,10 @@ checkv "damaged header: nbdkit refuses to start with one line" \
   failed_at_startup "luacow: journal $d/ov.qcow2.journal: " "corrupt journal header"
 cp "$SCRATCH/journal.keep" "$d/ov.qcow2.journal"
 
+startup_fails nodir file "$d/base.raw" luacow-journal="$d/no/such/dir/j"
+checkv "a journal in a directory that is not there: nbdkit refuses to start with one line" \
+  failed_at_startup "luacow: journal $d/no/such/dir/j: its directory $d/no/such/dir is not writable"
+
 # Still recoverable after all that (nothing was changed by the refusals).
 start_nb again "${ARGS[@]}"
 timeout 60 "$CC_OUT" "$SCRATCH/again.sock" "$SCRATCH/r1.state" 2 0 > "$SCRATCH/again.out"
