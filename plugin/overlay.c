@@ -117,15 +117,7 @@ overlay_stats (const struct overlay *ov, struct ov_stats *s)
   s->store_slots = slots_end ((ov->live ? ov->live : ov)->slots);
 }
 
-/* Byte offset of the end of block b, clipped to the export. */
-static inline uint64_t
-block_end (const struct overlay *ov, uint64_t b)
-{
-  uint64_t e = (b + 1) << ov->bits;
-  return e < ov->size ? e : ov->size;
-}
-
-static inline uint64_t min64 (uint64_t a, uint64_t b) { return a < b ? a : b; }
+#define block_end ov_block_end
 
 static int
 pread_file (struct overlay *ov, void *buf, uint64_t count, uint64_t off, int *err)
@@ -220,10 +212,8 @@ overlay_pread (struct overlay *ov, const struct ov_lower *lower,
 
 /* ---------------------------------------------------------------- stripes */
 
-struct stripe_set { uint64_t bits[STRIPES / 64]; };
-
-static void
-stripes_of (struct stripe_set *s, uint64_t b, uint64_t b_end)
+void
+ov_stripes_of (struct stripe_set *s, uint64_t b, uint64_t b_end)
 {
   memset (s, 0, sizeof *s);
   uint64_t g0 = b >> STRIPE_SHIFT, g1 = (b_end - 1) >> STRIPE_SHIFT;
@@ -235,16 +225,16 @@ stripes_of (struct stripe_set *s, uint64_t b, uint64_t b_end)
     s->bits[(g % STRIPES) / 64] |= (uint64_t) 1 << (g % 64);
 }
 
-static void
-stripes_lock (struct overlay *ov, const struct stripe_set *s)
+void
+ov_stripes_lock (struct overlay *ov, const struct stripe_set *s)
 {
   for (unsigned i = 0; i < STRIPES; ++i)       /* ascending: no deadlock */
     if (s->bits[i / 64] >> (i % 64) & 1)
       pthread_mutex_lock (&ov->stripes[i]);
 }
 
-static void
-stripes_unlock (struct overlay *ov, const struct stripe_set *s)
+void
+ov_stripes_unlock (struct overlay *ov, const struct stripe_set *s)
 {
   for (unsigned i = 0; i < STRIPES; ++i)
     if (s->bits[i / 64] >> (i % 64) & 1)
@@ -254,8 +244,8 @@ stripes_unlock (struct overlay *ov, const struct stripe_set *s)
 /* ---------------------------------------------------------------- writes */
 
 /* File a journal record under epoch parity p (journal only).  0 or -1. */
-static int
-add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *err)
+int
+ov_add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *err)
 {
   if (!ov->journal)
     return 0;
@@ -289,7 +279,7 @@ publish_locked (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, i
    */
   for (uint64_t i = 0; i < k && ov->journal; ++i) {
     struct jrec rec = { .kind = REC_STORE, .count = 1, .block = b + i, .value = s[i] };
-    if (add_record (ov, p, &rec, err) == -1)
+    if (ov_add_record (ov, p, &rec, err) == -1)
       return -1;
   }
   bool nudge = false;
@@ -330,8 +320,8 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
                 uint64_t bytes, int *err)
 {
   struct stripe_set set;
-  stripes_of (&set, b, b + k);
-  stripes_lock (ov, &set);
+  ov_stripes_of (&set, b, b + k);
+  ov_stripes_lock (ov, &set);
   unsigned p = atomic_load (&ov->epoch) & 1;
   int r = 1;
   for (uint64_t i = 0; i < k && r == 1; ++i)
@@ -346,7 +336,7 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
       r = -1;
     i += n;
   }
-  stripes_unlock (ov, &set);
+  ov_stripes_unlock (ov, &set);
   return r;
 }
 
@@ -354,18 +344,18 @@ static int
 publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, int *err)
 {
   struct stripe_set set;
-  stripes_of (&set, b, b + k);
-  stripes_lock (ov, &set);
+  ov_stripes_of (&set, b, b + k);
+  ov_stripes_lock (ov, &set);
   int r = publish_locked (ov, b, k, s, err);
-  stripes_unlock (ov, &set);
+  ov_stripes_unlock (ov, &set);
   return r;
 }
 
 /* Write whole blocks [b, b_end) from src (the last block of the export
  * may be short), up to SLOTS_MAX_TAKE blocks at a time.
  */
-static int
-write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, int *err)
+int
+ov_write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, int *err)
 {
   while (b < b_end) {
     uint64_t k = min64 (b_end - b, SLOTS_MAX_TAKE), s[SLOTS_MAX_TAKE];
@@ -441,9 +431,9 @@ write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
     have_below = true;
   }
   struct stripe_set set;
-  stripes_of (&set, b, b + 1);
+  ov_stripes_of (&set, b, b + 1);
   uint64_t ep = ov_enter (ov);
-  stripes_lock (ov, &set);
+  ov_stripes_lock (ov, &set);
   uint64_t e = blockmap_get (ov->map, b);
   int r = 0;
   if (src == NULL && e == E_ZERO)
@@ -473,7 +463,7 @@ write_partial (struct overlay *ov, const struct ov_lower *lower, uint64_t b,
   if (r == -1)
     slots_retire (ov->slots, atomic_load (&ov->epoch) & 1, s, true);
  out:
-  stripes_unlock (ov, &set);
+  ov_stripes_unlock (ov, &set);
   ov_exit (ov, ep);
   return r;
 }
@@ -496,22 +486,22 @@ retire_old (void *opaque, uint64_t block, uint64_t old)
 }
 
 /* Whole blocks [b, b_end) become zero: metadata only. */
-static int
-zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err)
+int
+ov_zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err)
 {
   struct stripe_set set;
-  stripes_of (&set, b, b_end);
-  stripes_lock (ov, &set);
+  ov_stripes_of (&set, b, b_end);
+  ov_stripes_lock (ov, &set);
   struct retire_job j = { .ov = ov, .p = atomic_load (&ov->epoch) & 1 };
   int r = 0;
   for (uint64_t x = b; x < b_end && r == 0;) {  /* counts are 32-bit on disk */
     uint64_t n = min64 (b_end - x, UINT32_MAX);
     struct jrec rec = { .kind = REC_ZERO, .count = (uint32_t) n, .block = x };
-    r = add_record (ov, j.p, &rec, err);
+    r = ov_add_record (ov, j.p, &rec, err);
     x += n;
   }
   uint64_t changed = r == 0 ? blockmap_fill (ov->map, b, b_end, retire_old, &j) : 0;
-  stripes_unlock (ov, &set);
+  ov_stripes_unlock (ov, &set);
   if (slots_retired (ov->slots, j.p) >= NUDGE_EVERY)
     ov_nudge (ov);
   atomic_fetch_sub (&ov->data_blocks, j.data_gone);
@@ -574,7 +564,7 @@ apply_pieces (struct overlay *ov, const struct ov_lower *lower, const char *src,
       uint64_t b_end = end >= ov->size ? ov->nblocks : end >> ov->bits;
       stop = min64 (end, b_end << ov->bits);
       uint64_t ep = ov_enter (ov);
-      r = src ? write_blocks (ov, b, b_end, src, err) : zero_blocks (ov, b, b_end, err);
+      r = src ? ov_write_blocks (ov, b, b_end, src, err) : ov_zero_blocks (ov, b, b_end, err);
       ov_exit (ov, ep);
     }
     if (r == -1 && *err == ENOSPC && !retried) {
@@ -685,65 +675,6 @@ overlay_map (const struct overlay *ov, uint64_t offset, uint64_t count,
   return 0;
 }
 
-/* ---------------------------------------------------------------- copies */
-
-/* Keep copies of the plugin's data: the whole blocks of [offset,
- * offset+count) that are still clean get buf's bytes in fresh slots,
- * marked as copies.  A block a client wrote meanwhile keeps the client's
- * data (its entry is no longer clean when the copy is published).  Best
- * effort: a copy that cannot be made is simply not made.
- */
-void
-overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t offset)
-{
-  const char *src = buf;
-  uint64_t b = (offset + ov->bs - 1) >> ov->bits;
-  uint64_t b_end = offset + count >= ov->size ? ov->nblocks : (offset + count) >> ov->bits;
-  uint64_t ep = ov_enter (ov);
-  for (; b < b_end;) {
-    if (blockmap_get (ov->map, b) != E_CLEAN) {
-      b++;
-      continue;
-    }
-    uint64_t k = 1, s[SLOTS_MAX_TAKE];
-    while (k < SLOTS_MAX_TAKE && b + k < b_end && blockmap_get (ov->map, b + k) == E_CLEAN)
-      k++;
-    uint64_t bytes = block_end (ov, b + k - 1) - (b << ov->bits);
-    const char *p = src + ((b << ov->bits) - offset);
-    int err;
-    if (slots_take (ov->slots, k, s) == -1)
-      break;
-    int r = 0;
-    for (uint64_t i = 0; i < k && r == 0;) {
-      uint64_t n = 1;
-      while (i + n < k && s[i + n] == s[i] + n)
-        n++;
-      uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
-      r = store_write (ov->store, p + off, len, s[i] << ov->bits, &err);
-      i += n;
-    }
-    struct stripe_set set;
-    stripes_of (&set, b, b + k);
-    stripes_lock (ov, &set);
-    unsigned par = atomic_load (&ov->epoch) & 1;
-    for (uint64_t i = 0; i < k; ++i) {
-      _Atomic uint64_t *cell = r == 0 ? blockmap_cell (ov->map, b + i) : NULL;
-      uint64_t want = E_CLEAN;
-      if (!cell || !atomic_compare_exchange_strong (cell, &want, store_entry (s[i]) | E_COPY))
-        slots_retire (ov->slots, par, s[i], false);   /* never seen */
-    }
-    stripes_unlock (ov, &set);
-    b += k;
-  }
-  ov_exit (ov, ep);
-}
-
-bool
-overlay_block_clean (const struct overlay *ov, uint64_t offset)
-{
-  return offset < ov->size && blockmap_get (ov->map, offset >> ov->bits) == E_CLEAN;
-}
-
 /* ----------------------------------------------------------------- views */
 
 struct overlay *
@@ -793,48 +724,3 @@ overlay_freeze (struct overlay *ov)
   return v;
 }
 
-/* ------------------------------------------------------------- reloading */
-
-void
-overlay_attach_file (struct overlay *ov, int fd)
-{
-  ov->file_fd = fd;
-}
-
-int
-overlay_set_file_block (struct overlay *ov, uint64_t block, uint64_t file_offset)
-{
-  int err;
-  if (block >= ov->nblocks || (file_offset & 3) || ov->file_fd < 0)
-    return -1;
-  _Atomic uint64_t *cell = blockmap_cell (ov->map, block);
-  if (!cell)
-    return -1;
-  struct jrec rec = { .kind = REC_FILE, .count = 1, .block = block, .value = file_offset };
-  if (add_record (ov, atomic_load (&ov->epoch) & 1, &rec, &err) == -1)
-    return -1;
-  uint64_t old = atomic_exchange (cell, file_entry (file_offset));
-  ov_account (ov, old, file_entry (file_offset));
-  if (tag (old) == TAG_STORE)
-    slots_retire (ov->slots, atomic_load (&ov->epoch) & 1, slot_of (old), true);
-  return 0;
-}
-
-int
-overlay_set_zero_blocks (struct overlay *ov, uint64_t block, uint64_t n)
-{
-  int err;
-  if (block >= ov->nblocks || n > ov->nblocks - block)
-    return -1;
-  return zero_blocks (ov, block, block + n, &err);
-}
-
-int
-overlay_put_block (struct overlay *ov, uint64_t block, const void *buf, int *err)
-{
-  if (block >= ov->nblocks) {
-    *err = EINVAL;
-    return -1;
-  }
-  return write_blocks (ov, block, block + 1, buf, err);
-}

@@ -33,7 +33,6 @@
 #define COMPACT_RATIO 4                /* ... and this many times the live map */
 #define IDENTITY_BYTES (1u << 20)      /* a base file is known by size + CRC of these */
 
-static inline uint64_t min64 (uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 static inline uint64_t
 block_bytes (const struct overlay *ov, uint64_t b)

@@ -90,6 +90,34 @@ struct overlay {
   _Atomic uint64_t data_blocks, zero_blocks, written_bytes, zeroed_bytes;
 };
 
+static inline uint64_t min64 (uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* Byte offset of the end of block b, clipped to the export. */
+static inline uint64_t
+ov_block_end (const struct overlay *ov, uint64_t b)
+{
+  uint64_t e = (b + 1) << ov->bits;
+  return e < ov->size ? e : ov->size;
+}
+
+/* The stripe locks of blocks [b, b_end), taken in ascending order
+ * (overlay.c).
+ */
+struct stripe_set { uint64_t bits[STRIPES / 64]; };
+void ov_stripes_of (struct stripe_set *s, uint64_t b, uint64_t b_end);
+void ov_stripes_lock (struct overlay *ov, const struct stripe_set *s);
+void ov_stripes_unlock (struct overlay *ov, const struct stripe_set *s);
+
+/* Under the stripes, epoch parity p: file a journal record (none without
+ * a journal).  0 or -1 (*err).
+ */
+int ov_add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *err);
+/* Inside an epoch section: whole blocks [b, b_end) written from src, or
+ * made zero.  0 or -1 (*err).
+ */
+int ov_write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, int *err);
+int ov_zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err);
+
 /* Epoch sections (overlay.c). */
 uint64_t ov_enter (struct overlay *ov);
 void ov_exit (struct overlay *ov, uint64_t e);
