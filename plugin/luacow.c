@@ -15,7 +15,6 @@
  * save needs to read and closed after it.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -23,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,8 +33,8 @@
 #include "load.h"
 #include "overlay.h"
 #include "policy.h"
-#include "qcow2.h"
 #include "qcow2_common.h"
+#include "startup.h"
 #include "store.h"
 
 /* -D luacow.verbose=1 logs startup decisions and the overlay's size. */
@@ -63,7 +61,6 @@ static char *cow_read_path;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct overlay *overlay;
 static uint32_t cluster_size;
-static struct load_result loaded;
 static char *loaded_path;
 static char *init_error;              /* a failed first open fails every later one */
 
@@ -216,78 +213,6 @@ luacow_thread_model (void)
   return NBDKIT_THREAD_MODEL_PARALLEL;
 }
 
-struct file_check {
-  struct qcow2_image *img;
-  char *buf;                  /* one cluster */
-  struct qcow2_err *err;
-  bool bad;                   /* a compressed cluster failed: */
-  uint64_t guest;             /* this one */
-};
-
-/* Compressed clusters are inflated (and thrown away) so that a bad
- * stream stops the start too; the reload inflates them again.
- */
-static int
-check_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
-{
-  struct file_check *fc = opaque;
-  if (c->kind != QCOW2_COMPRESSED)
-    return 0;
-  if (qcow2_read_compressed (fc->img, c, fc->buf, fc->err) == -1) {
-    fc->bad = true;
-    fc->guest = guest;
-    return -1;
-  }
-  return 0;
-}
-
-/* The file to reload, checked without the plugin: header, tables, every
- * L2 entry and compressed cluster.  Its size is compared with the
- * export's at first open.
- */
-static int
-check_reload_file (const char *path)
-{
-  struct qcow2_err qerr = { "" };
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    nbdkit_error ("luacow: %s: cannot open: %m", path);
-    return -1;
-  }
-  struct file_check fc = { qcow2_open (fd, &qerr), NULL, &qerr, false, 0 };
-  int r = -1;
-  if (fc.img && !(fc.buf = malloc (qcow2_cluster_size (fc.img))))
-    snprintf (qerr.msg, sizeof qerr.msg, "out of memory");
-  else if (fc.img)
-    r = qcow2_for_each_cluster (fc.img, check_cluster, &fc, &qerr) == 0 ? 0 : -1;
-  if (r == -1 && fc.bad)
-    nbdkit_error ("luacow: %s: compressed cluster %" PRIu64 ": %s", path, fc.guest, qerr.msg);
-  else if (r == -1)
-    nbdkit_error ("luacow: %s: %s", path, qerr.msg);
-  free (fc.buf);
-  if (fc.img)
-    qcow2_close (fc.img);
-  close (fd);
-  return r;
-}
-
-/* A new journal is made at the first client's connection: its directory
- * must be writable, which is checked now so that nbdkit does not start
- * otherwise.
- */
-static bool
-journal_dir_unusable (const char *path)
-{
-  const char *slash = strrchr (path, '/');
-  char *dir = slash == path ? strdup ("/") : strndup (path, (size_t) (slash - path));
-  bool bad = !dir || access (dir, W_OK | X_OK) == -1;
-  if (bad)
-    nbdkit_error ("luacow: journal %s: its directory %s is not writable: %m", path,
-                  dir ? dir : "?");
-  free (dir);
-  return bad;
-}
-
 static const char *
 store_dir (void)
 {
@@ -319,13 +244,13 @@ luacow_get_ready (int thread_model)
     nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
     return -1;
   }
-  if (j == 0 && journal_path && journal_dir_unusable (journal_path))
+  if (j == 0 && journal_path && startup_journal_dir_unusable (journal_path))
     return -1;
   if (j == 0 && policy_load (policy, &load_path, err) == -1) {
     nbdkit_error ("luacow: %s", err);
     return -1;
   }
-  if (load_path && check_reload_file (load_path) == -1)
+  if (load_path && startup_check_reload_file (load_path) == -1)
     return -1;
   if (!journal_path) {          /* the store goes to TMPDIR: can it? */
     int fd = store_tmpfile (store_dir ());
@@ -359,51 +284,6 @@ luacow_cleanup (nbdkit_backend *b)
 
 /* --------------------------------------------------- the first client */
 
-static void
-human (uint64_t n, char buf[32])
-{
-  static const char *const units[] = { "bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
-  unsigned u = 0;
-  while (n >= 1024 && n % 1024 == 0 && u < 6) {
-    n /= 1024;
-    u++;
-  }
-  snprintf (buf, 32, "%" PRIu64 " %s", n, units[u]);
-}
-
-/* The largest export a qcow2 with these clusters describes: qemu's
- * 32 MiB L1 table of 8-byte entries, each an L2 table of cs/8 clusters.
- */
-static uint64_t
-max_export (uint32_t cs)
-{
-  return (uint64_t) (QCOW2_MAX_L1_BYTES / 8) * (cs / 8) * cs;
-}
-
-/* A cluster size no save could ever use for this export is refused
- * before anything is served, saying which ones work.
- */
-static int
-check_savable (uint64_t size, uint32_t cs, char *msg, size_t len)
-{
-  if (size <= max_export (cs))
-    return 0;
-  uint32_t ok = cs;
-  while (ok < (1u << QCOW2_MAX_CLUSTER_BITS) && size > max_export (ok))
-    ok *= 2;
-  char s[32], m[32];
-  human (size, s);
-  human (max_export (cs), m);
-  if (size > max_export (ok))
-    snprintf (msg, len, "luacow: a %s export is too large for qcow2 (at most %s with %u-byte "
-              "clusters, the largest)", s, m, ok);
-  else
-    snprintf (msg, len, "luacow: cluster size %u cannot save this %s export (qcow2's 32 MiB "
-              "L1 table covers %s with %u-byte clusters); cluster sizes from %u to %u work",
-              cs, s, m, cs, ok, 1u << QCOW2_MAX_CLUSTER_BITS);
-  return -1;
-}
-
 /* A configuration error found at the first open: that open and every
  * later one fail with it, and nothing is saved over the file at exit.
  */
@@ -413,112 +293,6 @@ sticky (const char *msg)
   nbdkit_error ("%s", msg);
   init_error = strdup (msg);
   return -1;
-}
-
-static int
-reload (nbdkit_next *next, char *msg, size_t len)
-{
-  struct ov_lower lower = { next_pread, next };
-  char lerr[LOAD_ERRLEN];
-  if (load_overlay (overlay, &lower, load_path, &loaded, lerr) == -1) {
-    snprintf (msg, len, "luacow: %s: %s (not serving: the client would see the disk without it)",
-              load_path, lerr);
-    (void) overlay_discard_journal (overlay);   /* fresh: it holds nothing */
-    overlay_free (overlay);
-    overlay = NULL;
-    return -1;
-  }
-  loaded_path = load_path;
-  load_path = NULL;
-  int e;
-  if (overlay_commit (overlay, &e) == -1) {
-    snprintf (msg, len, "luacow: journal %s: cannot make the reloaded state durable: %s",
-              journal_path, strerror (e));
-    return -1;
-  }
-  char line[512];
-  snprintf (line, sizeof line, "luacow: reloaded %s: %" PRIu64 " data clusters (%" PRIu64
-            " compressed), %" PRIu64 " zero clusters, %" PRIu64 " bytes, %.3f s",
-            loaded_path, loaded.data_clusters, loaded.compressed_clusters,
-            loaded.zero_clusters, loaded.bytes, loaded.seconds);
-  nbdkit_debug ("%s", line);
-  fprintf (stderr, "nbdkit: %s\n", line);
-  return 0;
-}
-
-/* One line on stderr, as for the save at exit. */
-static void
-log_recovery (const struct ov_recovery *rec)
-{
-  char when[64] = "no flush";
-  time_t t = (time_t) rec->flushed;
-  struct tm tm;
-  if (rec->flushed > 0 && localtime_r (&t, &tm))
-    strftime (when, sizeof when, "the flush at %Y-%m-%d %H:%M:%S", &tm);
-  char line[1024];
-  snprintf (line, sizeof line, "luacow: recovered journal %s: %" PRIu64 " blocks, %" PRIu64
-            " bytes of data, as of %s%s, %.3f s", journal_path, rec->blocks, rec->bytes, when,
-            rec->dropped ? " (an unfinished last commit was dropped)" : "", rec->seconds);
-  nbdkit_debug ("%s", line);
-  fprintf (stderr, "nbdkit: %s\n", line);
-}
-
-/* The overlay, with its journal when the policy names one: recovered if
- * a crash left it, else fresh with what the policy's load names (made
- * durable before anyone is served).
- */
-static int
-build_overlay (uint64_t size, nbdkit_next *next, char *msg, size_t len)
-{
-  char oerr[OV_ERRLEN], perr[POLICY_ERRLEN];
-  struct ov_recovery rec;
-  struct ov_options o = {
-    .size = size, .block_size = cluster_size < 4096 ? cluster_size : 4096,
-    .tmpdir = store_dir (), .journal = journal_path, .base = load_path,
-  };
-  overlay = overlay_open (&o, &rec, oerr);
-  if (!overlay) {
-    if (journal_path)
-      snprintf (msg, len, "luacow: journal %s: %s", journal_path, oerr);
-    else
-      snprintf (msg, len, "luacow: %s", oerr);
-    return -1;
-  }
-  if (rec.recovered && rec.commits == 0) {
-    /* A start that died before its first commit (the reload's): nothing
-     * was ever acknowledged, so start afresh as the policy says.
-     */
-    fprintf (stderr, "nbdkit: luacow: journal %s holds no commit: starting afresh\n",
-             journal_path);
-    if (overlay_discard_journal (overlay) == -1) {
-      snprintf (msg, len, "luacow: journal %s: cannot remove it: %s", journal_path,
-                strerror (errno));
-      return -1;
-    }
-    overlay_free (overlay);
-    overlay = NULL;
-    if (!load_path && policy_load (policy, &load_path, perr) == -1) {
-      snprintf (msg, len, "luacow: %s", perr);
-      return -1;
-    }
-    return build_overlay (size, next, msg, len);
-  }
-  if (overlay_start (overlay, oerr) == -1) {
-    snprintf (msg, len, "luacow: %s", oerr);
-    return -1;
-  }
-  if (rec.recovered) {
-    loaded_path = rec.base[0] ? strdup (rec.base) : NULL;
-    log_recovery (&rec);
-    struct policy_recovered pr = { journal_path, rec.blocks, rec.bytes, rec.flushed,
-                                   rec.seconds };
-    if (policy_set_recovered (policy, &pr, perr) == -1) {
-      snprintf (msg, len, "luacow: %s", perr);
-      return -1;
-    }
-    return 0;
-  }
-  return load_path ? reload (next, msg, len) : 0;
 }
 
 /* Size, cluster size, overlay, reload, events: once, with the first
@@ -539,13 +313,18 @@ first_open (nbdkit_next *next)
     snprintf (msg, sizeof msg, "luacow: %s", err);
     return sticky (msg);
   }
-  if (check_savable ((uint64_t) size, cluster_size, msg, sizeof msg) == -1)
+  if (startup_check_savable ((uint64_t) size, cluster_size, msg, sizeof msg) == -1)
     return sticky (msg);
-  if (build_overlay ((uint64_t) size, next, msg, sizeof msg) == -1) {
-    overlay_free (overlay);   /* none is served: every open fails alike */
-    overlay = NULL;
+  struct ov_lower lower = { next_pread, next };
+  struct startup st = { .policy = policy, .size = (uint64_t) size, .cluster_size = cluster_size,
+                        .tmpdir = store_dir (), .journal = journal_path, .load_path = load_path };
+  load_path = NULL;
+  int r = startup_overlay (&st, &lower, msg, sizeof msg);
+  load_path = st.load_path;   /* what is left of it */
+  overlay = st.overlay;
+  loaded_path = st.loaded_path;
+  if (r == -1)
     return sticky (msg);
-  }
   if (luacow_debug_verbose)
     nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, "
                   "cow-on-read %d, cow-on-cache %d", policy_name (policy), size, cluster_size,
