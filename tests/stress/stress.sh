@@ -5,7 +5,8 @@
 # model of every acknowledged write:
 #
 #   nbdkit pattern size=SIZE --filter=luacow, policy: events {"flush",
-#   "interval"}, interval = 1, save on every event, always to one path;
+#   "interval"}, interval = 1, save on every event, always to one path,
+#   the overlay in a journal (flushes durable in it, removed at exit);
 #   tests/stress/stress.c: CONNS connections doing random unaligned writes,
 #   zeroes, trims, reads (checked at once), block status and flushes for
 #   SECONDS, each connection owning a rotating disjoint set of regions;
@@ -215,6 +216,7 @@ return {
   events = { "flush", "interval" },
   interval = 1,
   cluster_size = function (disk) return disk.params.cluster or 65536 end,
+  journal = function (disk) return disk.params.journal or false end,
   load = function (disk) return disk.params.load end,
   save = function (ctx) return true end,
   name = function (ctx)
@@ -344,7 +346,7 @@ round () {
   local r=$1 t=$2 load=${3:-} initial=${4:-} compress=${5:-}
   local ckpt=$dir/checkpoint$r.qcow2 args=() from="the pattern base"
   args=(luacow-script="$dir/policy.lua" luacow-save="$ckpt" luacow-log="$dir/saves$r.log"
-        ${cluster:+luacow-cluster="$cluster"})
+        luacow-journal="$dir/stress$r.journal" ${cluster:+luacow-cluster="$cluster"})
   if [ -n "$load" ]; then
     args+=(luacow-load="$load"); from="reloaded round $((r - 1))"
   fi
@@ -367,6 +369,11 @@ round () {
   grep -E '^# [0-9]+ ops in' "$dir/client$r.log"
   stop
   exit_ok "stress$r"
+  if [ -e "$dir/stress$r.journal" ]; then
+    not_ok "round $r: the exit save removed the journal"
+  else
+    ok "round $r: the journal (flushes durable in it) was removed by the exit save"
+  fi
   local nflush ninterval nexit
   nflush=$(grep -c '^flush ' "$dir/saves$r.log" 2>/dev/null)
   ninterval=$(grep -c '^interval ' "$dir/saves$r.log" 2>/dev/null)
@@ -400,7 +407,8 @@ kill_round () {
   # ASan this nbdkit runs without the leak check.
   [ "$mode" = asan ] && unwrapped=1
   start stress-kill "$dir/sock" luacow-script="$dir/policy.lua" luacow-save="$ckpt" \
-    luacow-log="$dir/saves-kill.log" ${cluster:+luacow-cluster="$cluster"}
+    luacow-log="$dir/saves-kill.log" luacow-journal="$dir/stress-kill.journal" \
+    ${cluster:+luacow-cluster="$cluster"}
   local started=$?
   unwrapped=0
   if [ "$started" -ne 0 ]; then
