@@ -351,6 +351,22 @@ publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, int *err
   return r;
 }
 
+int
+ov_write_slots (struct overlay *ov, const uint64_t *s, uint64_t k, const char *src,
+                uint64_t bytes, int *err)
+{
+  for (uint64_t i = 0; i < k;) {
+    uint64_t n = 1;
+    while (i + n < k && s[i + n] == s[i] + n)
+      n++;
+    uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
+    if (store_write (ov->store, src + off, len, s[i] << ov->bits, err) == -1)
+      return -1;
+    i += n;
+  }
+  return 0;
+}
+
 /* Write whole blocks [b, b_end) from src (the last block of the export
  * may be short), up to SLOTS_MAX_TAKE blocks at a time.
  */
@@ -373,15 +389,7 @@ ov_write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src
       nbdkit_error ("luacow: the overlay store cannot grow: %s", strerror (errno));
       return -1;
     }
-    int r = 0;
-    for (uint64_t i = 0; i < k && r == 0;) {
-      uint64_t n = 1;
-      while (i + n < k && s[i + n] == s[i] + n)
-        n++;
-      uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
-      r = store_write (ov->store, src + off, len, s[i] << ov->bits, err);
-      i += n;
-    }
+    int r = ov_write_slots (ov, s, k, src, bytes, err);
     if (r == 0)
       r = publish (ov, b, k, s, err);
     if (r == -1) {            /* nobody saw these slots: give them back */

@@ -40,15 +40,7 @@ overlay_populate (struct overlay *ov, const void *buf, uint64_t count, uint64_t 
     int err;
     if (slots_take (ov->slots, k, s) == -1)
       break;
-    int r = 0;
-    for (uint64_t i = 0; i < k && r == 0;) {
-      uint64_t n = 1;
-      while (i + n < k && s[i + n] == s[i] + n)
-        n++;
-      uint64_t off = i << ov->bits, len = min64 (bytes, (i + n) << ov->bits) - off;
-      r = store_write (ov->store, p + off, len, s[i] << ov->bits, &err);
-      i += n;
-    }
+    int r = ov_write_slots (ov, s, k, p, bytes, &err);
     struct stripe_set set;
     ov_stripes_of (&set, b, b + k);
     ov_stripes_lock (ov, &set);

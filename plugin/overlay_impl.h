@@ -117,6 +117,11 @@ int ov_add_record (struct overlay *ov, unsigned p, const struct jrec *r, int *er
  */
 int ov_write_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, const char *src, int *err);
 int ov_zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err);
+/* The k blocks at src (bytes long; the last may be short) into slots
+ * s[0..k), one write per run of consecutive slots.  0 or -1 (*err).
+ */
+int ov_write_slots (struct overlay *ov, const uint64_t *s, uint64_t k, const char *src,
+                    uint64_t bytes, int *err);
 
 /* Epoch sections (overlay.c). */
 uint64_t ov_enter (struct overlay *ov);
