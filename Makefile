@@ -59,7 +59,7 @@ $(LUA_CORE): plugin/luacow_core.c plugin/luacow_core.h
 $(MANPAGE): plugin/nbdkit-luacow-filter.pod
 	pod2man --section=1 --center="nbdkit" --release="luacow" --name=nbdkit-luacow-filter $< > $@
 
-tests/unit/bin/%: tests/unit/%.c tests/unit/stubs.c tests/unit/tap.h tests/unit/ovtest.h $(LIB_OBJS)
+tests/unit/bin/%: tests/unit/%.c tests/unit/stubs.c tests/unit/tap.h tests/unit/ovtest.h tests/unit/shell.h $(LIB_OBJS)
 	@mkdir -p tests/unit/bin
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< tests/unit/stubs.c $(LIB_OBJS) $(LDLIBS)
 

@@ -22,6 +22,7 @@
 #include <zstd.h>
 
 #include "qcow2.h"
+#include "shell.h"
 #include "tap.h"
 
 #define CS 65536u               /* cluster size of every image here */
@@ -30,26 +31,7 @@
 static char dir[64];
 static char out[1 << 14];
 
-static int run (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
-static int run (const char *fmt, ...)
-{
-  char cmd[1024], full[1200];
-  va_list ap;
-  FILE *p;
-  size_t n;
-  int st;
-
-  va_start (ap, fmt);
-  vsnprintf (cmd, sizeof cmd, fmt, ap);
-  va_end (ap);
-  snprintf (full, sizeof full, "cd '%s' && { %s; } 2>&1", dir, cmd);
-  p = popen (full, "r");
-  if (!p) return -1;
-  n = fread (out, 1, sizeof out - 1, p);
-  out[n] = '\0';
-  st = pclose (p);
-  return WIFEXITED (st) ? WEXITSTATUS (st) : -1;
-}
+#define run(...) shell_run (dir, out, sizeof out, false, __VA_ARGS__)
 
 static void path_of (char *path, size_t len, const char *name)
 {

@@ -17,33 +17,13 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "shell.h"
 #include "tap.h"
 
 static char dir[64];
 static char out[1 << 14];
 
-static int run (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
-static int run (const char *fmt, ...)
-{
-  char cmd[2048], full[2200];
-  va_list ap;
-  FILE *p;
-  size_t n;
-  int st;
-
-  va_start (ap, fmt);
-  vsnprintf (cmd, sizeof cmd, fmt, ap);
-  va_end (ap);
-  snprintf (full, sizeof full, "cd '%s' && { %s; } 2>&1", dir, cmd);
-  p = popen (full, "r");
-  if (!p) return -1;
-  n = fread (out, 1, sizeof out - 1, p);
-  out[n] = '\0';
-  st = pclose (p);
-  if (!(WIFEXITED (st) && WEXITSTATUS (st) == 0))
-    printf ("# command failed: %s\n# %s", cmd, out);
-  return WIFEXITED (st) ? WEXITSTATUS (st) : -1;
-}
+#define run(...) shell_run (dir, out, sizeof out, true, __VA_ARGS__)
 
 static int open_in_dir (const char *name, int flags)
 {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
+#include "shell.h"
 #include "tap.h"
 
 enum want { W_NONE, W_ZERO, W_RANDOM, W_COMPRESSIBLE };
@@ -45,29 +46,7 @@ static void fill (uint8_t *buf, size_t len, enum want w, uint64_t seed)
   }
 }
 
-/* Run a shell command in the work directory; returns its exit status and
- * leaves its stdout+stderr in out.
- */
-static int run (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
-static int run (const char *fmt, ...)
-{
-  char cmd[1024], full[1200];
-  va_list ap;
-  FILE *p;
-  size_t n;
-  int st;
-
-  va_start (ap, fmt);
-  vsnprintf (cmd, sizeof cmd, fmt, ap);
-  va_end (ap);
-  snprintf (full, sizeof full, "cd '%s' && %s 2>&1", dir, cmd);
-  p = popen (full, "r");
-  if (!p) return -1;
-  n = fread (out, 1, sizeof out - 1, p);
-  out[n] = '\0';
-  st = pclose (p);
-  return WIFEXITED (st) ? WEXITSTATUS (st) : -1;
-}
+#define run(...) shell_run (dir, out, sizeof out, false, __VA_ARGS__)
 
 /* Per-cluster state from qemu-img map --output=json. */
 struct mapped { bool present, zero, data; int depth; };
