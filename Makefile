@@ -25,7 +25,8 @@ LDLIBS      = $(PKG_LIBS) -lpthread -lm
 
 FILTER      = plugin/nbdkit-luacow-filter.so
 MANPAGE     = plugin/nbdkit-luacow-filter.1
-LIB_SRCS    = $(filter-out plugin/luacow.c plugin/config.c,$(wildcard plugin/*.c))
+GLUE_SRCS   = plugin/luacow.c plugin/config.c plugin/exports.c
+LIB_SRCS    = $(filter-out $(GLUE_SRCS),$(wildcard plugin/*.c))
 LIB_OBJS    = $(LIB_SRCS:.c=.o)
 GEN_LUA     = plugin/gen/luacow_lua.h
 UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
@@ -47,7 +48,7 @@ $(GEN_LUA): lua/luacow.lua tools/embed.lua
 	@mkdir -p plugin/gen
 	lua5.4 tools/embed.lua luacow_lua $< > $@.tmp && mv $@.tmp $@
 
-$(FILTER): plugin/luacow.o plugin/config.o $(LIB_OBJS)
+$(FILTER): $(GLUE_SRCS:.c=.o) $(LIB_OBJS)
 	$(CC) -shared -o $@ $^ $(LDLIBS) $(SAN)
 
 # The library's C part, for policies tested outside nbdkit (the filter has

@@ -4,15 +4,17 @@
  * overlay, events to events.c, policy to policy.c, reloads to load.c.  The
  * plugin below is always opened read-only and never written.
  *
- * The plugin is opened only as often as the cow filter opens it: once per
- * client connection.  Startup (before nbdkit forks) checks what it can
- * without the plugin: the policy, the file to reload (its qcow2
- * structure), the overlay store's directory.  The first client's
- * connection then gives the export size: the cluster size is chosen, the
- * overlay built and the file reloaded through that connection's plugin
- * context.  Saves read the plugin through the client's context (flush,
- * close) or, at exit and interval, through a context opened only when a
- * save needs to read and closed after it.
+ * Each export a client names has its own overlay (exports.h): the handle
+ * of a connection is its export.  The plugin is opened only as often as
+ * the cow filter opens it: once per client connection, with the client's
+ * export name.  Startup (before nbdkit forks) checks what it can without
+ * the plugin: the policy, and for the default export the file to reload
+ * (its qcow2 structure), the journal, the overlay store's directory.  An
+ * export's first connection then gives its size: the cluster size is
+ * chosen, the overlay built and the file reloaded through that
+ * connection's plugin context.  Saves read the plugin through the
+ * client's context (flush, close) or, at exit and interval, through a
+ * context opened only when a save needs to read and closed after it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,6 +32,7 @@
 #include "clock.h"
 #include "config.h"
 #include "events.h"
+#include "exports.h"
 #include "load.h"
 #include "overlay.h"
 #include "policy.h"
@@ -48,21 +51,7 @@ static char *start_dir;
 static struct policy *policy;
 static unsigned event_mask;
 static double event_interval;
-static double started_at;
-static char *load_path;               /* what the policy reloads, checked at startup */
-static char *journal_path;            /* NULL: nothing survives a crash */
-/* cow-on-read / cow-on-cache as the policy decided: reads (or cache
- * requests) keep copies of the plugin's data in the overlay.
- */
-static bool cow_read_on, cow_cache_on;
-static char *cow_read_path;
-
-/* Built at the first client's prepare, under init_lock. */
-static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct overlay *overlay;
-static uint32_t cluster_size;
-static char *loaded_path;
-static char *init_error;              /* a failed first open fails every later one */
+static unsigned max_exports = EXPORTS_DEFAULT_MAX;
 
 /* The plugin below, as the overlay reads it. */
 static int
@@ -72,76 +61,12 @@ next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
   return next->pread (next, buf, count, offset, 0, err);
 }
 
-/* ------------------------------------------- a context only while saving */
-
-/* Open a context of our own into the plugin, managed by hand. */
-static nbdkit_next *
-open_plugin (nbdkit_backend *b)
-{
-  nbdkit_next *next = nbdkit_next_context_open (b, 1, "", 1);
-  /* get_size also makes nbdkit record the size it checks requests by. */
-  if (!next || next->prepare (next) == -1 || next->get_size (next) == -1) {
-    nbdkit_error ("luacow: cannot open the plugin");
-    if (next)
-      nbdkit_next_context_close (next);
-    return NULL;
-  }
-  return next;
-}
-
-/* Interval and exit saves read through this: the context is opened at
- * the first read (most saves read nothing: only partly written clusters
- * are completed from the plugin) and closed when the save is done.
- */
-static struct {
-  pthread_mutex_t lock;
-  nbdkit_backend *b;          /* from after_fork, then cleanup's */
-  nbdkit_next *next;
-  bool failed;
-} bg = { .lock = PTHREAD_MUTEX_INITIALIZER };
-
-static int
-bg_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
-{
-  (void) handle;
-  pthread_mutex_lock (&bg.lock);
-  if (!bg.next && !bg.failed && bg.b)
-    bg.failed = !(bg.next = open_plugin (bg.b));
-  nbdkit_next *next = bg.next;
-  pthread_mutex_unlock (&bg.lock);
-  if (!next) {
-    *err = EIO;
-    return -1;
-  }
-  return next->pread (next, buf, count, offset, 0, err);
-}
-
-static void
-bg_done (void)
-{
-  pthread_mutex_lock (&bg.lock);
-  if (bg.next) {
-    bg.next->finalize (bg.next);
-    nbdkit_next_context_close (bg.next);
-  }
-  bg.next = NULL;
-  bg.failed = false;
-  pthread_mutex_unlock (&bg.lock);
-}
-
-static const struct ov_lower bg_lower = { bg_pread, NULL };
-
 /* ------------------------------------------------------------ startup */
 
 static void
 luacow_unload (void)
 {
-  overlay_free (overlay);       /* also closes the reloaded file */
-  free (loaded_path);
-  free (journal_path);
-  free (load_path);
-  free (init_error);
-  free (cow_read_path);
+  exports_free ();
   policy_free (policy);
   config_free ();
   free (start_dir);
@@ -154,15 +79,39 @@ luacow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   return config_key (next, nxdata, key, value);
 }
 
+static const char *
+param (const char *name)
+{
+  for (size_t i = 0; i < cfg.nparams; ++i)
+    if (strcmp (cfg.params[i].name, name) == 0)
+      return cfg.params[i].value;
+  return NULL;
+}
+
 static double
 hook_budget (void)
 {
-  for (size_t i = 0; i < cfg.nparams; ++i)
-    if (strcmp (cfg.params[i].name, "hook-seconds") == 0) {
-      double s = atof (cfg.params[i].value);
-      return s > 0 ? s : DEFAULT_BUDGET;
-    }
-  return DEFAULT_BUDGET;
+  const char *v = param ("hook-seconds");
+  double s = v ? atof (v) : 0;
+  return s > 0 ? s : DEFAULT_BUDGET;
+}
+
+/* luacow-max-exports=N: how many exports may have an overlay. */
+static int
+read_max_exports (void)
+{
+  const char *v = param ("max-exports");
+  char *end;
+  if (!v)
+    return 0;
+  errno = 0;
+  unsigned long n = strtoul (v, &end, 10);
+  if (errno || end == v || *end || v[0] == '-' || n < 1 || n > 65536) {
+    nbdkit_error ("luacow: luacow-max-exports must be a number from 1 to 65536, got \"%s\"", v);
+    return -1;
+  }
+  max_exports = (unsigned) n;
+  return 0;
 }
 
 /* Load and validate the policy now, before nbdkit forks, so a broken
@@ -172,7 +121,7 @@ static int
 luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdata)
 {
   char err[POLICY_ERRLEN], cwd[PATH_MAX];
-  if (config_settle (&cfg) == -1)
+  if (config_settle (&cfg) == -1 || read_max_exports () == -1)
     return -1;
   if (!getcwd (cwd, sizeof cwd) || !(start_dir = strdup (cwd))) {
     nbdkit_error ("luacow: cannot get the current directory: %m");
@@ -202,6 +151,7 @@ luacow_config_complete (nbdkit_next_config_complete *next, nbdkit_backend *nxdat
   "luacow-save=<FILE>            Default policy: save the overlay here at exit.\n" \
   "luacow-load=<FILE>            Default policy: reload this file at start.\n" \
   "luacow-hook-seconds=<N>       Time budget of each policy hook (default 10).\n" \
+  "luacow-max-exports=<N>        Exports that may have an overlay (default 64).\n" \
   "luacow-<NAME>=<VALUE>         Passed to the policy as params.NAME.\n" \
   "cow-block-size=<N>            As cow: block size hint; default cluster size.\n" \
   "cow-on-read=<BOOL>|/PATH      As cow: copy read requests to the overlay.\n" \
@@ -227,41 +177,12 @@ store_dir (void)
 static int
 luacow_get_ready (int thread_model)
 {
-  char err[POLICY_ERRLEN];
   (void) thread_model;
-  started_at = epoch_seconds ();
-  if (policy_journal (policy, &journal_path, err) == -1 ||
-      policy_cow (policy, &cow_read_on, &cow_read_path, &cow_cache_on, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  /* A journal left by a crash is recovered at the first open, and the
-   * policy's load is not consulted: check its header and base now.
-   */
-  char oerr[OV_ERRLEN];
-  int j = journal_path ? overlay_check_journal (journal_path, oerr) : 0;
-  if (j == -1) {
-    nbdkit_error ("luacow: journal %s: %s", journal_path, oerr);
-    return -1;
-  }
-  if (j == 0 && journal_path && startup_journal_dir_unusable (journal_path))
-    return -1;
-  if (j == 0 && policy_load (policy, &load_path, err) == -1) {
-    nbdkit_error ("luacow: %s", err);
-    return -1;
-  }
-  if (load_path && startup_check_reload_file (load_path) == -1)
-    return -1;
-  if (!journal_path) {          /* the store goes to TMPDIR: can it? */
-    int fd = store_tmpfile (store_dir ());
-    if (fd == -1) {
-      nbdkit_error ("luacow: cannot create the overlay store in %s: %m "
-                    "(set TMPDIR to a writable directory)", store_dir ());
-      return -1;
-    }
-    close (fd);
-  }
-  return 0;
+  struct exports_setup setup = {
+    .policy = policy, .cwd = start_dir, .tmpdir = store_dir (), .mask = event_mask,
+    .interval = event_interval, .started = epoch_seconds (), .max = max_exports,
+  };
+  return exports_init (&setup);
 }
 
 /* Serving starts.  The plugin's own .after_fork has run (nbdkit calls it
@@ -270,119 +191,49 @@ luacow_get_ready (int thread_model)
 static int
 luacow_after_fork (nbdkit_backend *b)
 {
-  bg.b = b;
+  exports_set_backend (b);
   return 0;
 }
 
-/* All clients have gone; the plugin is still loaded: save. */
+/* All clients have gone; the plugin is still loaded: save every export. */
 static void
 luacow_cleanup (nbdkit_backend *b)
 {
-  bg.b = b;
-  events_exit ();
-}
-
-/* --------------------------------------------------- the first client */
-
-/* A configuration error found at the first open: that open and every
- * later one fail with it, and nothing is saved over the file at exit.
- */
-static int
-sticky (const char *msg)
-{
-  nbdkit_error ("%s", msg);
-  init_error = strdup (msg);
-  return -1;
-}
-
-/* Size, cluster size, overlay, reload, events: once, with the first
- * client's plugin context.  Called under init_lock.
- */
-static int
-first_open (nbdkit_next *next)
-{
-  char err[POLICY_ERRLEN], msg[POLICY_ERRLEN + LOAD_ERRLEN + 128];
-  if (init_error) {
-    nbdkit_error ("%s", init_error);
-    return -1;
-  }
-  int64_t size = next->get_size (next);
-  if (size < 0)
-    return -1;                /* the plugin's trouble: the next open retries */
-  if (policy_cluster_size (policy, (uint64_t) size, &cluster_size, err) == -1) {
-    snprintf (msg, sizeof msg, "luacow: %s", err);
-    return sticky (msg);
-  }
-  if (startup_check_savable ((uint64_t) size, cluster_size, msg, sizeof msg) == -1)
-    return sticky (msg);
-  struct ov_lower lower = { next_pread, next };
-  struct startup st = { .policy = policy, .size = (uint64_t) size, .cluster_size = cluster_size,
-                        .tmpdir = store_dir (), .journal = journal_path, .load_path = load_path };
-  load_path = NULL;
-  int r = startup_overlay (&st, &lower, msg, sizeof msg);
-  load_path = st.load_path;   /* what is left of it */
-  overlay = st.overlay;
-  loaded_path = st.loaded_path;
-  if (r == -1)
-    return sticky (msg);
-  if (luacow_debug_verbose)
-    nbdkit_debug ("luacow: %s, export %" PRId64 " bytes, cluster %u, events 0x%x, "
-                  "cow-on-read %d, cow-on-cache %d", policy_name (policy), size, cluster_size,
-                  event_mask, cow_read_on, cow_cache_on);
-  struct events_setup setup = {
-    .ov = overlay, .policy = policy, .lower = &bg_lower, .lower_done = bg_done,
-    .cluster_size = cluster_size, .cwd = start_dir, .loaded = loaded_path,
-    .mask = event_mask, .interval = event_interval, .started = started_at,
-  };
-  return events_start (&setup);
+  exports_set_backend (b);
+  exports_exit ();
 }
 
 /* ------------------------------------------------------------ clients */
 
-/* Every connection sees the one overlay, over the plugin's default export
- * opened read-only.
+/* A connection's handle is its export, opened in the plugin under the
+ * client's name (read-only): each export has an overlay of its own.
  */
 static void *
 luacow_open (nbdkit_next_open *next, nbdkit_context *nxdata,
              int readonly, const char *exportname, int is_tls)
 {
-  (void) readonly; (void) exportname; (void) is_tls;
-  if (next (nxdata, 1, "") == -1)
-    return NULL;
-  return NBDKIT_HANDLE_NOT_NEEDED;
+  (void) readonly; (void) is_tls;
+  if (next (nxdata, 1, exportname) == -1)
+    return NULL;              /* the plugin refused the name: no overlay */
+  return exports_open (exportname);
 }
 
-/* Asking the plugin too makes nbdkit record its size for this
- * connection, which it checks on every request passed down.
- */
-static int64_t
-luacow_get_size (nbdkit_next *next, void *handle)
-{
-  (void) handle;
-  int64_t below = next->get_size (next);
-  if (below == -1)
-    return -1;
-  if ((uint64_t) below != overlay_size (overlay)) {
-    nbdkit_error ("luacow: the plugin's size changed from %" PRIu64 " to %" PRId64,
-                  overlay_size (overlay), below);
-    return -1;
-  }
-  return (int64_t) overlay_size (overlay);
-}
-
-/* The plugin is open and prepared: build the overlay on the first
- * connection, check the size on every one.
+/* The plugin is open and prepared: build the export's overlay at its
+ * first connection, check the size at every one.
  */
 static int
 luacow_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   (void) readonly;
-  pthread_mutex_lock (&init_lock);
-  int r = overlay ? 0 : first_open (next);
-  pthread_mutex_unlock (&init_lock);
-  if (r == -1)
-    return -1;
-  return luacow_get_size (next, handle) == -1 ? -1 : 0;
+  return export_prepare (handle, next);
+}
+
+/* As export_prepare checked it. */
+static int64_t
+luacow_get_size (nbdkit_next *next, void *handle)
+{
+  (void) next;
+  return (int64_t) overlay_size (export_overlay (handle));
 }
 
 /* The connection ends, its plugin context still open for the save. */
@@ -390,10 +241,10 @@ static int
 luacow_finalize (nbdkit_next *next, void *handle)
 {
   struct ov_lower lower = { next_pread, next };
+  struct events *ev = export_events (handle);
   int err;
-  (void) handle;
-  if (events_wanted (EVENT_CLOSE))
-    events_fire ("close", &lower, &err);
+  if (ev && events_wanted (ev, EVENT_CLOSE))
+    events_fire (ev, "close", &lower, &err);
   return 0;
 }
 
@@ -404,12 +255,11 @@ static int
 luacow_block_size (nbdkit_next *next, void *handle,
                    uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
-  (void) handle;
   if (next->block_size (next, minimum, preferred, maximum) == -1)
     return -1;
   uint32_t want = cfg.cow_block_size ? cfg.cow_block_size : PREFERRED_BLOCK;
-  if (cluster_size > want)
-    want = cluster_size;
+  if (export_cluster_size (handle) > want)
+    want = export_cluster_size (handle);
   if (*minimum == 0) {        /* the plugin sets no constraints */
     *minimum = 1;
     *preferred = want;
@@ -438,22 +288,15 @@ static int luacow_can_extents (nbdkit_next *next, void *handle)
 static int luacow_can_fua (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return NBDKIT_FUA_NATIVE; }
 static int luacow_can_multi_conn (nbdkit_next *next, void *handle)
-{ (void) next; (void) handle; return 1; }   /* one overlay for all */
+{ (void) next; (void) handle; return 1; }   /* one overlay per export */
 static int luacow_can_cache (nbdkit_next *next, void *handle)
 { (void) next; (void) handle; return NBDKIT_CACHE_NATIVE; }
-
-/* cow-on-read=true, or =PATH while PATH exists (as cow checks it). */
-static bool
-copy_on_read (void)
-{
-  return cow_read_on && (!cow_read_path || access (cow_read_path, F_OK) == 0);
-}
 
 /* A read's partly covered first or last block is copied whole, as cow
  * copies its blocks: the same read next time needs nothing from below.
  */
 static void
-copy_edge (nbdkit_next *next, uint64_t pos)
+copy_edge (struct overlay *overlay, nbdkit_next *next, uint64_t pos)
 {
   char blk[4096];
   uint32_t bs = overlay_block_size (overlay);
@@ -470,16 +313,17 @@ luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
               uint64_t offset, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
-  (void) handle; (void) flags;
+  struct overlay *overlay = export_overlay (handle);
+  (void) flags;
   if (overlay_pread (overlay, &lower, buf, count, offset, err) == -1)
     return -1;
-  if (copy_on_read ()) {
+  if (export_copy_on_read (handle)) {
     uint32_t bs = overlay_block_size (overlay);
     overlay_populate (overlay, buf, count, offset);
     if (offset % bs)
-      copy_edge (next, offset);
+      copy_edge (overlay, next, offset);
     if ((offset + count) % bs && offset + count < overlay_size (overlay))
-      copy_edge (next, offset + count - 1);
+      copy_edge (overlay, next, offset + count - 1);
   }
   return 0;
 }
@@ -489,7 +333,7 @@ luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
-  (void) handle;
+  struct overlay *overlay = export_overlay (handle);
   if (overlay_pwrite (overlay, &lower, buf, count, offset, err) == -1)
     return -1;
   return flags & NBDKIT_FLAG_FUA ? overlay_flush (overlay, err) : 0;
@@ -502,18 +346,21 @@ static int
 luacow_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
   struct ov_lower lower = { next_pread, next };
-  (void) handle; (void) flags;
-  if (overlay_flush (overlay, err) == -1)
+  struct events *ev = export_events (handle);
+  (void) flags;
+  if (overlay_flush (export_overlay (handle), err) == -1)
     return -1;
-  if (events_wanted (EVENT_FLUSH))
-    return events_fire ("flush", &lower, err);
+  if (events_wanted (ev, EVENT_FLUSH))
+    return events_fire (ev, "flush", &lower, err);
   return 0;
 }
 
 static int
-zero_range (nbdkit_next *next, uint32_t count, uint64_t offset, uint32_t flags, int *err)
+zero_range (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+            int *err)
 {
   struct ov_lower lower = { next_pread, next };
+  struct overlay *overlay = export_overlay (handle);
   if (overlay_zero (overlay, &lower, count, offset, err) == -1)
     return -1;
   return flags & NBDKIT_FLAG_FUA ? overlay_flush (overlay, err) : 0;
@@ -523,8 +370,7 @@ static int
 luacow_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
-  (void) handle;
-  return zero_range (next, count, offset, flags, err);
+  return zero_range (next, handle, count, offset, flags, err);
 }
 
 /* Always fast: a zero is a metadata change, whatever the flags. */
@@ -532,8 +378,7 @@ static int
 luacow_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
-  (void) handle;
-  return zero_range (next, count, offset, flags, err);
+  return zero_range (next, handle, count, offset, flags, err);
 }
 
 struct extents_job {
@@ -593,11 +438,10 @@ luacow_extents (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset
                 uint32_t flags, struct nbdkit_extents *extents, int *err)
 {
   struct extents_job j = { next, extents, flags & ~NBDKIT_FLAG_REQ_ONE, err };
-  (void) handle;
-  return overlay_map (overlay, offset, count, extents_run, &j) < 0 ? -1 : 0;
+  return overlay_map (export_overlay (handle), offset, count, extents_run, &j) < 0 ? -1 : 0;
 }
 
-struct cache_job { nbdkit_next *next; int *err; char *buf; };
+struct cache_job { struct overlay *overlay; nbdkit_next *next; int *err; char *buf; };
 
 #define CACHE_CHUNK (1u << 20)
 
@@ -617,7 +461,7 @@ cache_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
     uint32_t n = len - done < CACHE_CHUNK ? (uint32_t) (len - done) : CACHE_CHUNK;
     if (j->next->pread (j->next, j->buf, n, off + done, 0, j->err) == -1)
       return -1;
-    overlay_populate (overlay, j->buf, n, off + done);
+    overlay_populate (j->overlay, j->buf, n, off + done);
     done += n;
   }
   return 0;
@@ -630,13 +474,13 @@ static int
 luacow_cache (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
               uint32_t flags, int *err)
 {
-  struct cache_job j = { next, err, NULL };
-  (void) handle; (void) flags;
-  if (cow_cache_on && !(j.buf = malloc (CACHE_CHUNK))) {
+  struct cache_job j = { export_overlay (handle), next, err, NULL };
+  (void) flags;
+  if (export_copy_on_cache (handle) && !(j.buf = malloc (CACHE_CHUNK))) {
     *err = ENOMEM;
     return -1;
   }
-  int r = overlay_map (overlay, offset, count, cache_run, &j) ? -1 : 0;
+  int r = overlay_map (j.overlay, offset, count, cache_run, &j) ? -1 : 0;
   free (j.buf);
   return r;
 }

@@ -40,7 +40,15 @@ struct policy {
   char *name;                 /* "policy.lua" or "default policy" */
   char *chunk;                /* "@policy.lua": prefix of positioned errors */
   char *cwd;
-  int evaluate_ref, policy_ref, disk_ref, describe_ref;   /* registry */
+  char *script;               /* disk.script: its path, or NULL */
+  const struct policy_param *params;    /* disk.params, the caller's */
+  size_t nparams;
+  int evaluate_ref, policy_ref, describe_ref;   /* registry */
+};
+
+/* One export's disk table, kept in the registry until the state closes. */
+struct policy_disk {
+  int ref;
 };
 
 /* A policy whose host was kept (a hook never returned) is kept too. */
@@ -52,15 +60,14 @@ struct job {
   const char *field;
   int nargs;                  /* 1: disk or ctx; 2: ctx, result */
   bool with_ctx;
+  int disk_ref;               /* the export's disk (also ctx's base) */
   struct policy_ctx ctx;      /* its strings are the job's own: */
   char *event, *loaded, *last_save_path, *result_path;
-  char *script;               /* startup: disk.script */
+  char *export;               /* a new disk: disk.export */
   struct policy_result res;
   uint64_t size;              /* cluster_size: disk.size */
   char *src;                  /* startup: the script */
   size_t src_len;
-  const struct policy_param *params;
-  size_t nparams;
   const struct policy_defaults *defaults;   /* startup: cow's parameters */
   /* results */
   bool yes, embed;
@@ -82,7 +89,7 @@ job_release (void *v)
   free (j->last_save_path);
   free (j->result_path);
   free (j->src);
-  free (j->script);
+  free (j->export);
   free (j->str);
   free (j->file);
   free (j->format);
@@ -109,9 +116,11 @@ job_new (struct policy *p, const char *field, const struct policy_ctx *ctx,
   bool ok = true;
   j->p = p;
   j->field = field;
+  j->disk_ref = LUA_NOREF;
   if (ctx) {
     j->with_ctx = true;
     j->nargs = res ? 2 : 1;
+    j->disk_ref = ctx->disk->ref;
     j->ctx = *ctx;
     j->ctx.event = j->event = dup_or_null (ctx->event, &ok);
     j->ctx.loaded = j->loaded = dup_or_null (ctx->loaded, &ok);
@@ -174,19 +183,21 @@ push_ref (lua_State *L, int ref)
   lua_rawgeti (L, LUA_REGISTRYINDEX, ref);
 }
 
-/* [-0, +1] pushes a new disk table: params, cwd, script. */
+/* [-0, +1] pushes a new disk table: export, params, cwd, script. */
 static void
-push_new_disk (lua_State *L, const struct job *j, const char *script)
+push_new_disk (lua_State *L, const struct job *j)
 {
+  const struct policy *p = j->p;
   lua_newtable (L);
   int disk = lua_gettop (L);
   lua_newtable (L);
-  for (size_t i = 0; i < j->nparams; ++i)
-    set_string (L, disk + 1, j->params[i].name, j->params[i].value);
+  for (size_t i = 0; i < p->nparams; ++i)
+    set_string (L, disk + 1, p->params[i].name, p->params[i].value);
   lua_setfield (L, disk, "params");
-  set_string (L, disk, "cwd", j->p->cwd);
-  if (script)
-    set_string (L, disk, "script", script);
+  set_string (L, disk, "cwd", p->cwd);
+  set_string (L, disk, "export", j->export);
+  if (p->script)
+    set_string (L, disk, "script", p->script);
 }
 
 /* [-0, +1] pushes ctx: a fresh table with disk's fields plus the event's. */
@@ -196,7 +207,7 @@ push_ctx (lua_State *L, const struct job *j)
   const struct policy_ctx *c = &j->ctx;
   lua_newtable (L);
   int ctx = lua_gettop (L);
-  push_ref (L, j->p->disk_ref);
+  push_ref (L, j->disk_ref);
   lua_pushnil (L);
   while (lua_next (L, ctx + 1)) {
     lua_pushvalue (L, -2);
@@ -266,7 +277,7 @@ evaluate (lua_State *L, const struct job *j)
   if (j->with_ctx)
     push_ctx (L, j);
   else if (j->nargs)
-    push_ref (L, j->p->disk_ref);
+    push_ref (L, j->disk_ref);
   if (j->nargs == 2)
     push_result (L, j);
   lua_host_call (L, 2 + j->nargs, 1);
@@ -441,7 +452,7 @@ static int
 cluster_size_body (lua_State *L)
 {
   struct job *j = lua_host_arg (L);
-  push_ref (L, j->p->disk_ref);
+  push_ref (L, j->disk_ref);
   int disk = lua_gettop (L);
   set_integer (L, disk, "size", j->size);
   evaluate (L, j);
@@ -519,8 +530,6 @@ init_body (lua_State *L)
   struct policy *p = j->p;
   lua_sandbox_open (L);
   register_library (L);
-  push_new_disk (L, j, j->script);
-  p->disk_ref = luaL_ref (L, LUA_REGISTRYINDEX);
   luaL_requiref (L, "luacow", open_embedded_library, 0);
   if (j->defaults)
     set_defaults (L, j->defaults);
@@ -595,10 +604,10 @@ policy_new (const char *script, const struct policy_param *params, size_t nparam
   p->name = strdup (script ? base : "default policy");
   if (asprintf (&p->chunk, "@%s", script ? base : "default policy") == -1)
     p->chunk = NULL;
-  j->params = params;
-  j->nparams = nparams;
+  p->params = params;
+  p->nparams = nparams;
   j->defaults = defaults;
-  if (script && !(j->script = strdup (script)))
+  if (script && !(p->script = strdup (script)))
     goto oom;
   if (!p->cwd || !p->name || !p->chunk)
     goto oom;
@@ -630,6 +639,7 @@ policy_free (struct policy *p)
   free (p->name);
   free (p->chunk);
   free (p->cwd);
+  free (p->script);
   free (p);
 }
 
@@ -682,14 +692,63 @@ policy_events (struct policy *p, unsigned *mask, double *interval, char err[POLI
   return r;
 }
 
-int
-policy_cluster_size (struct policy *p, uint64_t size, uint32_t *cluster_size,
-                     char err[POLICY_ERRLEN])
+/* A new disk table for j->export, its ref in j->integer. */
+static int
+disk_body (lua_State *L)
 {
-  struct job *j = job_new (p, "cluster_size", NULL, NULL);
+  struct job *j = lua_host_arg (L);
+  push_new_disk (L, j);
+  j->integer = luaL_ref (L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+struct policy_disk *
+policy_disk_new (struct policy *p, const char *export, char err[POLICY_ERRLEN])
+{
+  struct policy_disk *d = malloc (sizeof *d);
+  struct job *j = d ? job_new (p, "disk", NULL, NULL) : NULL;
+  if (!j || !(j->export = strdup (export))) {
+    job_release (j);
+    free (d);
+    out_of_memory (p, err);
+    return NULL;
+  }
+  int r = run_job (p, &j, disk_body, err);
+  if (r == 0)
+    d->ref = (int) j->integer;
+  job_release (j);
+  if (r == -1) {
+    free (d);
+    return NULL;
+  }
+  return d;
+}
+
+void
+policy_disk_free (struct policy_disk *d)
+{
+  free (d);
+}
+
+/* A job for a field of disk d. */
+static struct job *
+disk_job (struct policy *p, const struct policy_disk *d, const char *field)
+{
+  struct job *j = job_new (p, field, NULL, NULL);
+  if (j) {
+    j->nargs = 1;
+    j->disk_ref = d->ref;
+  }
+  return j;
+}
+
+int
+policy_cluster_size (struct policy *p, const struct policy_disk *d, uint64_t size,
+                     uint32_t *cluster_size, char err[POLICY_ERRLEN])
+{
+  struct job *j = disk_job (p, d, "cluster_size");
   if (!j)
     return out_of_memory (p, err);
-  j->nargs = 1;
   j->size = size;
   int r = run_job (p, &j, cluster_size_body, err);
   if (r == 0)
@@ -715,15 +774,14 @@ resolve_result (struct policy *p, char **path, char err[POLICY_ERRLEN])
  * or absolute, to free; *yes (when asked for) is the result's truth.
  */
 static int
-disk_field (struct policy *p, const char *field, char **path, bool *yes,
-            char err[POLICY_ERRLEN])
+disk_field (struct policy *p, const struct policy_disk *d, const char *field, char **path,
+            bool *yes, char err[POLICY_ERRLEN])
 {
-  struct job *j = job_new (p, field, NULL, NULL);
+  struct job *j = disk_job (p, d, field);
   if (path)
     *path = NULL;
   if (!j)
     return out_of_memory (p, err);
-  j->nargs = 1;
   int r = run_job (p, &j, field_body, err);
   if (r == 0 && yes)
     *yes = j->yes;
@@ -737,25 +795,27 @@ disk_field (struct policy *p, const char *field, char **path, bool *yes,
 }
 
 int
-policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN])
+policy_load (struct policy *p, const struct policy_disk *d, char **path,
+             char err[POLICY_ERRLEN])
 {
-  return disk_field (p, "load", path, NULL, err);
+  return disk_field (p, d, "load", path, NULL, err);
 }
 
 int
-policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN])
+policy_journal (struct policy *p, const struct policy_disk *d, char **path,
+                char err[POLICY_ERRLEN])
 {
-  return disk_field (p, "journal", path, NULL, err);
+  return disk_field (p, d, "journal", path, NULL, err);
 }
 
 int
-policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
-            char err[POLICY_ERRLEN])
+policy_cow (struct policy *p, const struct policy_disk *d, bool *on_read, char **read_path,
+            bool *on_cache, char err[POLICY_ERRLEN])
 {
   *on_cache = false;
-  if (disk_field (p, "cow_on_read", read_path, on_read, err) == -1)
+  if (disk_field (p, d, "cow_on_read", read_path, on_read, err) == -1)
     return -1;
-  return disk_field (p, "cow_on_cache", NULL, on_cache, err);
+  return disk_field (p, d, "cow_on_cache", NULL, on_cache, err);
 }
 
 /* disk.recovered = { journal, blocks, bytes, flushed, seconds }. */
@@ -763,7 +823,7 @@ static int
 recovered_body (lua_State *L)
 {
   struct job *j = lua_host_arg (L);
-  push_ref (L, j->p->disk_ref);
+  push_ref (L, j->disk_ref);
   int disk = lua_gettop (L);
   lua_pushliteral (L, "recovered");
   lua_newtable (L);
@@ -779,10 +839,10 @@ recovered_body (lua_State *L)
 }
 
 int
-policy_set_recovered (struct policy *p, const struct policy_recovered *r,
-                      char err[POLICY_ERRLEN])
+policy_set_recovered (struct policy *p, const struct policy_disk *d,
+                      const struct policy_recovered *r, char err[POLICY_ERRLEN])
 {
-  struct job *j = job_new (p, "recovered", NULL, NULL);
+  struct job *j = disk_job (p, d, "recovered");
   if (!j || !(j->str = strdup (r->journal))) {
     job_release (j);
     return out_of_memory (p, err);
@@ -830,24 +890,33 @@ plan_field (struct policy *p, const char *field, const struct policy_ctx *ctx,
 }
 
 int
+policy_save_name (struct policy *p, const struct policy_ctx *ctx, char **path,
+                  char err[POLICY_ERRLEN])
+{
+  struct job *j = NULL;
+  *path = NULL;
+  int r = plan_field (p, "name", ctx, &j, err);
+  if (r == 0) {
+    *path = j->str;
+    j->str = NULL;
+    r = resolve_result (p, path, err);
+  }
+  job_release (j);
+  return r;
+}
+
+int
 policy_make_plan (struct policy *p, const struct policy_ctx *ctx,
                   struct policy_plan *plan, char err[POLICY_ERRLEN])
 {
   struct job *j = NULL;
   memset (plan, 0, sizeof *plan);
-  int r = plan_field (p, "name", ctx, &j, err);
-  if (r == 0) {
-    plan->path = j->str;
-    j->str = NULL;
-    r = resolve_result (p, &plan->path, err);
-    if (r == 0 && !plan->path) {
-      snprintf (err, POLICY_ERRLEN, "%s: name gave no path to save to (set luacow-save=PATH or a name field)",
-                p->name);
-      r = -1;
-    }
+  int r = policy_save_name (p, ctx, &plan->path, err);
+  if (r == 0 && !plan->path) {
+    snprintf (err, POLICY_ERRLEN, "%s: name gave no path to save to (set luacow-save=PATH or a name field)",
+              p->name);
+    r = -1;
   }
-  job_release (j);
-  j = NULL;
   if (r == 0 && (r = plan_field (p, "backing", ctx, &j, err)) == 0) {
     plan->backing_file = j->file;
     plan->backing_format = j->format;

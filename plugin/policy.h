@@ -19,7 +19,11 @@ enum policy_event_mask { EVENT_FLUSH = 1, EVENT_CLOSE = 2, EVENT_INTERVAL = 4 };
 
 struct policy_param { const char *name, *value; };
 
+struct policy;
+struct policy_disk;           /* one export's disk table */
+
 struct policy_ctx {           /* the C side of the Lua ctx table */
+  const struct policy_disk *disk;   /* the export's: ctx starts as a copy */
   const char *event;          /* "exit", "flush", "close", "interval" */
   uint64_t size;
   uint32_t cluster_size;
@@ -45,8 +49,6 @@ struct policy_result {
   double seconds;
 };
 
-struct policy;
-
 /* Defaults of luacow.default that come from cow's parameters. */
 struct policy_defaults {
   uint32_t cluster_size;      /* 0: the library's (65536) */
@@ -70,31 +72,46 @@ const char *policy_name (const struct policy *p);
 
 int policy_events (struct policy *p, unsigned *mask, double *interval,
                    char err[POLICY_ERRLEN]);
-int policy_cluster_size (struct policy *p, uint64_t size, uint32_t *cluster_size,
-                         char err[POLICY_ERRLEN]);
+
+/* A new disk table for the export named export (the client's name,
+ * disk.export): params, cwd, script as for every export.  Freeing the
+ * handle leaves the table to the state, which keeps it until it closes.
+ */
+struct policy_disk *policy_disk_new (struct policy *p, const char *export,
+                                     char err[POLICY_ERRLEN]);
+void policy_disk_free (struct policy_disk *d);
+
+/* The fields evaluated once per export, with its disk. */
+int policy_cluster_size (struct policy *p, const struct policy_disk *d, uint64_t size,
+                         uint32_t *cluster_size, char err[POLICY_ERRLEN]);
 /* *path is NULL (no journal) or an absolute path to free. */
-int policy_journal (struct policy *p, char **path, char err[POLICY_ERRLEN]);
+int policy_journal (struct policy *p, const struct policy_disk *d, char **path,
+                    char err[POLICY_ERRLEN]);
 
 struct policy_recovered {     /* disk.recovered and ctx.recovered */
   const char *journal;
   uint64_t blocks, bytes;
   double flushed, seconds;
 };
-int policy_set_recovered (struct policy *p, const struct policy_recovered *r,
-                          char err[POLICY_ERRLEN]);
+int policy_set_recovered (struct policy *p, const struct policy_disk *d,
+                          const struct policy_recovered *r, char err[POLICY_ERRLEN]);
 
 /* cow_on_read (*read_path: NULL, or an absolute path to free: on while
  * it exists) and cow_on_cache, evaluated with disk.
  */
-int policy_cow (struct policy *p, bool *on_read, char **read_path, bool *on_cache,
-                char err[POLICY_ERRLEN]);
+int policy_cow (struct policy *p, const struct policy_disk *d, bool *on_read,
+                char **read_path, bool *on_cache, char err[POLICY_ERRLEN]);
 /* *path is NULL (nothing to load) or an absolute path to free. */
-int policy_load (struct policy *p, char **path, char err[POLICY_ERRLEN]);
+int policy_load (struct policy *p, const struct policy_disk *d, char **path,
+                 char err[POLICY_ERRLEN]);
 int policy_should_save (struct policy *p, const struct policy_ctx *ctx, bool *yes,
                         char err[POLICY_ERRLEN]);
 int policy_make_plan (struct policy *p, const struct policy_ctx *ctx,
                       struct policy_plan *plan, char err[POLICY_ERRLEN]);
 void policy_plan_clear (struct policy_plan *plan);
+/* The name field alone: *path NULL (no name) or absolute, to free. */
+int policy_save_name (struct policy *p, const struct policy_ctx *ctx, char **path,
+                      char err[POLICY_ERRLEN]);
 /* Errors of the saved hook are only logged. */
 void policy_saved (struct policy *p, const struct policy_ctx *ctx,
                    const struct policy_result *result);

@@ -1,5 +1,6 @@
 /* luacow: the rescue file, see rescue.h. */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,13 +10,14 @@
 
 #include <nbdkit-filter.h>
 
+#include "exportname.h"
 #include "rescue.h"
 #include "save.h"
 #include "savefile.h"
 
 /* The same line as a policy's exit save, on stderr too. */
 static void
-log_rescued (const char *why, const struct save_result *res)
+log_rescued (const struct rescue_setup *s, const char *why, const struct save_result *res)
 {
   char *cmd = save_rebase_command (res->path, NULL, NULL);
   char *line = NULL;
@@ -30,7 +32,9 @@ log_rescued (const char *why, const struct save_result *res)
   }
   free (line);
   free (cmd);
-  nbdkit_error ("luacow: %s; the overlay was saved to the rescue file %s", why, res->path);
+  char of[EXPORT_OF_LEN];
+  nbdkit_error ("luacow: %s; the overlay%s was saved to the rescue file %s", why,
+                export_of (s->export, of), res->path);
 }
 
 /* One try in dir with clusters of cs bytes.  Returns 0 or -1. */
@@ -39,14 +43,16 @@ rescue_to (const struct rescue_setup *s, const char *dir, uint32_t cs, const cha
 {
   struct save_request req = { .cluster_size = cs, .compress = QCOW2_COMPRESS_NONE, .unique = true };
   struct save_result res;
-  char err[SAVE_ERRLEN], *path;
-  if (asprintf (&path, "%s/luacow-rescue-%ld-%ld-" SAVEFILE_RANDOM ".qcow2",
-                strcmp (dir, "/") == 0 ? "" : dir, (long) time (NULL), (long) getpid ()) == -1)
+  char err[SAVE_ERRLEN], *path, form[EXPORT_FILE_LEN];
+  bool named = s->export && s->export[0];
+  if (asprintf (&path, "%s/luacow-rescue-%s%s%ld-%ld-" SAVEFILE_RANDOM ".qcow2",
+                strcmp (dir, "/") == 0 ? "" : dir, named ? export_file_form (s->export, form) : "",
+                named ? "-" : "", (long) time (NULL), (long) getpid ()) == -1)
     return -1;
   req.path = path;
   int r = save_overlay (s->ov, s->lower, &req, &res, err);
   if (r == 0)
-    log_rescued (why, &res);
+    log_rescued (s, why, &res);
   else
     nbdkit_error ("luacow: rescue save in %s failed: %s", dir, err);
   free (res.path);
@@ -77,7 +83,7 @@ rescue_overlay (const struct rescue_setup *s, const char *why)
       if (rescue_to (s, dirs[i], sizes[k], why) == 0)
         return 0;
     }
-  rescue_lost (why);
+  rescue_lost (s->export, why);
   return -1;
 }
 
@@ -86,11 +92,13 @@ rescue_overlay (const struct rescue_setup *s, const char *why)
  * itself does, so its identity and facility stay as they were.
  */
 void
-rescue_lost (const char *why)
+rescue_lost (const char *export, const char *why)
 {
-  static const char what[] = "no rescue file could be written: the overlay is lost";
-  nbdkit_error ("luacow: %s; %s", why, what);
-  fprintf (stderr, "nbdkit: luacow: CRITICAL: %s; %s\n", why, what);
+  char of[EXPORT_OF_LEN];
+  const char *x = export_of (export, of);
+  static const char what[] = "no rescue file could be written: the overlay";
+  nbdkit_error ("luacow: %s; %s%s is lost", why, what, x);
+  fprintf (stderr, "nbdkit: luacow: CRITICAL: %s; %s%s is lost\n", why, what, x);
   fflush (stderr);
-  syslog (LOG_DAEMON | LOG_CRIT, "luacow: %s; %s", why, what);
+  syslog (LOG_DAEMON | LOG_CRIT, "luacow: %s; %s%s is lost", why, what, x);
 }

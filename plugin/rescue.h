@@ -1,7 +1,9 @@
 /* luacow: the rescue file, the overlay's last way out at exit.
  *
  * When the policy or its exit save fails, the overlay goes to a file of
- * our own under a fresh name, luacow-rescue-<time>-<pid>-<random>.qcow2,
+ * our own under a fresh name, luacow-rescue-<time>-<pid>-<random>.qcow2
+ * (luacow-rescue-<export>-<time>-... for an export other than the default
+ * "", its name in exportname.h's file-name form),
  * in the start directory, else in $TMPDIR (default /var/tmp).  When no
  * such file can be written the loss is reported on every channel there
  * is: nbdkit's log, stderr and syslog.  nbdkit 1.32 gives a filter no way
@@ -21,6 +23,7 @@ struct rescue_setup {
   const struct ov_lower *lower;
   const char *cwd;            /* the start directory */
   uint32_t cluster_size;      /* the policy's, the fallback */
+  const char *export;         /* its name (the client's) */
 };
 
 /* Save the overlay to a rescue file, why being the failure that led here.
@@ -28,7 +31,7 @@ struct rescue_setup {
  */
 int rescue_overlay (const struct rescue_setup *s, const char *why);
 
-/* Report that the overlay is lost, on every channel. */
-void rescue_lost (const char *why);
+/* Report that export's overlay is lost, on every channel. */
+void rescue_lost (const char *export, const char *why);
 
 #endif

@@ -1,6 +1,7 @@
-/* luacow: startup work that is no nbdkit callback: the checks made
- * before the plugin is open (the file to reload, the journal's
- * directory), and the overlay built at the first client's connection
+/* luacow: one export's startup, which is no nbdkit callback: what the
+ * policy says for it and the checks made before the plugin is open (the
+ * journal's header and base, the file to reload, the journal's
+ * directory), and the overlay built at its first client's connection
  * (cluster size check, recovery of a journal or reload of a file).
  */
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include "qcow2.h"
 #include "qcow2_common.h"
 #include "startup.h"
+#include "store.h"
 
 struct file_check {
   struct qcow2_image *img;
@@ -49,13 +51,13 @@ check_cluster (void *opaque, uint64_t guest, const struct qcow2_cluster *c)
  * L2 entry and compressed cluster.  Its size is compared with the
  * export's at first open.
  */
-int
-startup_check_reload_file (const char *path)
+static int
+check_reload_file (const char *path, char *msg, size_t len)
 {
   struct qcow2_err qerr = { "" };
   int fd = open (path, O_RDONLY | O_CLOEXEC);
   if (fd == -1) {
-    nbdkit_error ("luacow: %s: cannot open: %m", path);
+    snprintf (msg, len, "luacow: %s: cannot open: %s", path, strerror (errno));
     return -1;
   }
   struct file_check fc = { qcow2_open (fd, &qerr), NULL, &qerr, false, 0 };
@@ -65,9 +67,10 @@ startup_check_reload_file (const char *path)
   else if (fc.img)
     r = qcow2_for_each_cluster (fc.img, check_cluster, &fc, &qerr) == 0 ? 0 : -1;
   if (r == -1 && fc.bad)
-    nbdkit_error ("luacow: %s: compressed cluster %" PRIu64 ": %s", path, fc.guest, qerr.msg);
+    snprintf (msg, len, "luacow: %s: compressed cluster %" PRIu64 ": %s", path, fc.guest,
+              qerr.msg);
   else if (r == -1)
-    nbdkit_error ("luacow: %s: %s", path, qerr.msg);
+    snprintf (msg, len, "luacow: %s: %s", path, qerr.msg);
   free (fc.buf);
   if (fc.img)
     qcow2_close (fc.img);
@@ -79,17 +82,70 @@ startup_check_reload_file (const char *path)
  * must be writable, which is checked now so that nbdkit does not start
  * otherwise.
  */
-bool
-startup_journal_dir_unusable (const char *path)
+static bool
+journal_dir_unusable (const char *path, char *msg, size_t len)
 {
   const char *slash = strrchr (path, '/');
   char *dir = slash == path ? strdup ("/") : strndup (path, (size_t) (slash - path));
   bool bad = !dir || access (dir, W_OK | X_OK) == -1;
   if (bad)
-    nbdkit_error ("luacow: journal %s: its directory %s is not writable: %m", path,
-                  dir ? dir : "?");
+    snprintf (msg, len, "luacow: journal %s: its directory %s is not writable: %s", path,
+              dir ? dir : "?", strerror (errno));
   free (dir);
   return bad;
+}
+
+void
+startup_config_clear (struct startup_config *c)
+{
+  free (c->journal);
+  free (c->load);
+  free (c->cow_read_path);
+  memset (c, 0, sizeof *c);
+}
+
+/* What the policy says for export d, checked as far as it can be without
+ * the plugin: a journal left by a crash (recovered at the first open,
+ * the policy's load not consulted then) by its header and base, else the
+ * file to reload; the journal's directory, or TMPDIR for the store.
+ */
+int
+startup_configure (struct policy *p, const struct policy_disk *d, const char *tmpdir,
+                   struct startup_config *c, char *msg, size_t len)
+{
+  char err[POLICY_ERRLEN], oerr[OV_ERRLEN];
+  memset (c, 0, sizeof *c);
+  if (policy_journal (p, d, &c->journal, err) == -1 ||
+      policy_cow (p, d, &c->cow_read, &c->cow_read_path, &c->cow_cache, err) == -1) {
+    snprintf (msg, len, "luacow: %s", err);
+    goto fail;
+  }
+  int j = c->journal ? overlay_check_journal (c->journal, oerr) : 0;
+  if (j == -1) {
+    snprintf (msg, len, "luacow: journal %s: %s", c->journal, oerr);
+    goto fail;
+  }
+  if (j == 0 && c->journal && journal_dir_unusable (c->journal, msg, len))
+    goto fail;
+  if (j == 0 && policy_load (p, d, &c->load, err) == -1) {
+    snprintf (msg, len, "luacow: %s", err);
+    goto fail;
+  }
+  if (c->load && check_reload_file (c->load, msg, len) == -1)
+    goto fail;
+  if (!c->journal) {          /* the store goes to TMPDIR: can it? */
+    int fd = store_tmpfile (tmpdir);
+    if (fd == -1) {
+      snprintf (msg, len, "luacow: cannot create the overlay store in %s: %s "
+                "(set TMPDIR to a writable directory)", tmpdir, strerror (errno));
+      goto fail;
+    }
+    close (fd);
+  }
+  return 0;
+ fail:
+  startup_config_clear (c);
+  return -1;
 }
 
 static void
@@ -217,7 +273,7 @@ build (struct startup *s, const struct ov_lower *lower, char *msg, size_t len)
     }
     overlay_free (s->overlay);
     s->overlay = NULL;
-    if (!s->load_path && policy_load (s->policy, &s->load_path, perr) == -1) {
+    if (!s->load_path && policy_load (s->policy, s->disk, &s->load_path, perr) == -1) {
       snprintf (msg, len, "luacow: %s", perr);
       return -1;
     }
@@ -232,7 +288,7 @@ build (struct startup *s, const struct ov_lower *lower, char *msg, size_t len)
     log_recovery (s->journal, &rec);
     struct policy_recovered pr = { s->journal, rec.blocks, rec.bytes, rec.flushed,
                                    rec.seconds };
-    if (policy_set_recovered (s->policy, &pr, perr) == -1) {
+    if (policy_set_recovered (s->policy, s->disk, &pr, perr) == -1) {
       snprintf (msg, len, "luacow: %s", perr);
       return -1;
     }

@@ -1,0 +1,156 @@
+#!/bin/bash
+# One overlay per export (issue 11): each export name a client opens gets
+# its own overlay, journal and saves; {export} makes a safe file name of
+# the client's name; two exports never share a file; a cap bounds them.
+. "$(dirname "$0")/lib.sh"
+IO=$TOP/tests/e2e/src/export_io.py
+S=$SCRATCH
+hex () { printf '%s' "$1" | od -An -tx1 -v | tr -d ' \n'; }
+# io SOCK NAME OP...: one connection to export NAME.
+io () { local sock=$1 name=$2; shift 2; "$IO" "$S/$sock" "$(hex "$name")" "$@"; }
+
+mkdir -p "$S/dir" "$S/ov" "$S/h"
+head -c 1M /dev/zero | tr '\0' 'A' >"$S/dir/a.img"
+head -c 1M /dev/zero | tr '\0' 'B' >"$S/dir/b.img"
+
+# ---------------------------------------------- file dir=: two exports
+run_nbdkit m.sock file dir="$S/dir" luacow-save="$S/ov/ov-{export}.qcow2" || exit 1
+check "export a.img takes a write and a flush" io m.sock a.img w:0:0x61:4096 f
+check "export b.img takes a write and a flush" io m.sock b.img w:4096:0x62:4096 f
+check "a.img reads its own write and its own base" io m.sock a.img r:0:0x61:4096 r:4096:0x41:4096
+check "b.img reads its own base, not a.img's write" io m.sock b.img r:0:0x42:4096 r:4096:0x62:4096
+check "each export has its own journal while serving" \
+  test -f "$S/ov/ov-a.img.qcow2.journal" -a -f "$S/ov/ov-b.img.qcow2.journal"
+stop_nbdkit
+check "the exit saved each export to its own file" \
+  test -f "$S/ov/ov-a.img.qcow2" -a -f "$S/ov/ov-b.img.qcow2"
+check "the exit save names the export in its log line" \
+  grep -q "saved $S/ov/ov-b.img.qcow2 (exit of export \"b.img\")" "$S/nbdkit.log"
+check "no journal is left after the exit saves" \
+  test ! -e "$S/ov/ov-a.img.qcow2.journal" -a ! -e "$S/ov/ov-b.img.qcow2.journal"
+check "both saves pass qemu-img check" \
+  sh -c "qemu-img check -q '$S/ov/ov-a.img.qcow2' && qemu-img check -q '$S/ov/ov-b.img.qcow2'"
+
+run_nbdkit m.sock file dir="$S/dir" luacow-save="$S/ov/ov-{export}.qcow2" \
+  luacow-load="$S/ov/ov-{export}.qcow2" || exit 1
+check "a.img reloads its own file" io m.sock a.img r:0:0x61:4096 r:4096:0x41:4096
+check "b.img reloads its own file" io m.sock b.img r:0:0x42:4096 r:4096:0x62:4096
+check "a name the plugin refuses gets no overlay" bash -c "! io m.sock nosuch.img r:0:0:1 2>/dev/null"
+
+# ---------------------------------------------- crash: each journal recovers
+io m.sock a.img w:8192:0x63:4096 f && io m.sock b.img w:8192:0x64:4096 f
+kill -KILL "$NBDKIT_PID"; wait "$NBDKIT_PID" 2>/dev/null
+: >"$S/nbdkit.log"
+run_nbdkit m.sock file dir="$S/dir" luacow-save="$S/ov/ov-{export}.qcow2" \
+  luacow-load="$S/ov/ov-{export}.qcow2" || exit 1
+check "after kill -9, a.img has its flushed write and its reload" \
+  io m.sock a.img r:0:0x61:4096 r:8192:0x63:4096
+check "after kill -9, b.img has its own" io m.sock b.img r:4096:0x62:4096 r:8192:0x64:4096
+check "one recovery line per export" \
+  test "$(grep -c 'recovered journal' "$S/nbdkit.log")" -eq 2
+stop_nbdkit
+
+# ---------------------------------------------- a save path two exports share
+: >"$S/nbdkit.log"
+run_nbdkit s.sock file dir="$S/dir" luacow-save="$S/one.qcow2" || exit 1
+check "the first export opens" io s.sock a.img w:0:0x71:4096 f
+check "a second export with the same save path is refused" \
+  bash -c "! io s.sock b.img r:0:0x42:1 2>/dev/null"
+check "... with a line that names both exports and says what to do" \
+  grep -q "export \"b.img\": the journal $S/one.qcow2.journal is export \"a.img\"'s already.*{export}" \
+  "$S/nbdkit.log"
+check "the first export is untouched" io s.sock a.img r:0:0x71:4096
+stop_nbdkit
+check "the shared path holds the first export's data" \
+  qemu-io -f qcow2 -r -c 'read -P 0x71 0 4096' "$S/one.qcow2"
+: >"$S/nbdkit.log"
+run_nbdkit s.sock file dir="$S/dir" luacow-save="$S/two.qcow2" luacow-journal=off || exit 1
+io s.sock a.img w:0:0x72:4096
+check "without a journal, the save path alone is claimed too" \
+  bash -c "! io s.sock b.img r:0:0x42:1 2>/dev/null && grep -q 'the save path $S/two.qcow2 is export \"a.img\"' '$S/nbdkit.log'"
+stop_nbdkit
+
+# ---------------------------------------------- the cap
+head -c 1M /dev/zero >"$S/one.img"
+run_nbdkit c.sock file "$S/one.img" luacow-max-exports=2 || exit 1
+io c.sock x w:0:0x11:4096 && io c.sock y w:0:0x22:4096
+check "past luacow-max-exports=2 an open fails" bash -c "! io c.sock z r:0:0:1 2>/dev/null"
+check "... saying so" grep -q 'export "z" refused: 2 exports have an overlay already.*luacow-max-exports=2' "$S/nbdkit.log"
+check "the existing overlays are untouched" \
+  bash -c "io c.sock x r:0:0x11:4096 && io c.sock y r:0:0x22:4096"
+stop_nbdkit
+check "a bad luacow-max-exports stops the start" \
+  bash -c "! nbdkit -U - --filter='$FILTER' file '$S/one.img' luacow-max-exports=0 --run true 2>'$S/cap.err' && grep -q 'luacow-max-exports must be' '$S/cap.err'"
+
+# ---------------------------------------------- hostile names
+long=$(printf 'x%.0s' $(seq 4000))
+names=("../../etc/x" ".hidden" "a/b" "" "${long}1" "${long}2" "Disk" "disk" "DISK"
+       $'\xc3\xa9' $'e\xcc\x81' "%2f" "/" "%" ".." "x y")
+start_hostile () {
+  run_nbdkit h.sock file "$S/one.img" luacow-save="$S/h/ov-{export}.qcow2" \
+    luacow-load="$S/h/ov-{export}.qcow2" luacow-max-exports=100 "$@"
+}
+start_hostile || exit 1
+i=0 bad=0
+for n in "${names[@]}"; do
+  i=$((i + 1)); io h.sock "$n" w:0:$i:4096 f || bad=$((bad + 1))
+done
+check "every hostile name got an overlay of its own" test $bad -eq 0
+stop_nbdkit
+files=$(ls -A "$S/h")
+check "one save per name, all inside the save directory" test "$(ls -A "$S/h" | wc -l)" -eq ${#names[@]}
+check "no file name starts with a dot or has a character outside [a-z0-9._%-]" \
+  bash -c "! grep -v '^ov-[a-z0-9._%-]*\.qcow2\$' <<<'$files' && ! grep -q '^\.' <<<'$files'"
+check "nothing was written outside it" \
+  test "$(find "$S" -name '*.qcow2' -not -path "$S/h/*" -not -path "$S/ov/*" | wc -l)" -eq 2
+check "the 4 KiB names have short file names" \
+  test "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' <<<"$files")" -le 90
+start_hostile || exit 1
+i=0 bad=0
+for n in "${names[@]}"; do
+  i=$((i + 1)); io h.sock "$n" r:0:$i:4096 || bad=$((bad + 1))
+done
+check "each name reloads exactly its own data (no two names share a file)" test $bad -eq 0
+stop_nbdkit
+
+# ---------------------------------------------- the policy sees the export
+cat >"$S/p.lua" <<'LUA'
+local luacow = require "luacow"
+return {
+  name = function (ctx) return luacow.expand(ctx.params.dir .. "/p-{export}.qcow2", ctx) end,
+  journal = false,
+  cluster_size = function (disk) return disk.export == "a.img" and 131072 or 65536 end,
+  saved = function (ctx) luacow.log("saved export=" .. ctx.export) end,
+}
+LUA
+mkdir -p "$S/p"
+run_nbdkit p.sock -D luacow.verbose=1 file dir="$S/dir" luacow-script="$S/p.lua" luacow-dir="$S/p" || exit 1
+io p.sock a.img w:0:0x31:512 && io p.sock b.img w:0:0x32:512
+stop_nbdkit
+check "the saved hook sees ctx.export of each" \
+  bash -c "grep -q 'policy: saved export=a.img' '$S/nbdkit.log' && grep -q 'policy: saved export=b.img' '$S/nbdkit.log'"
+check "the policy's own names, one per export" test -f "$S/p/p-a.img.qcow2" -a -f "$S/p/p-b.img.qcow2"
+check "cluster_size is evaluated per export, with disk.export" \
+  bash -c "qemu-img info '$S/p/p-a.img.qcow2' | grep -q 'cluster_size: 131072' && qemu-img info '$S/p/p-b.img.qcow2' | grep -q 'cluster_size: 65536'"
+
+# ---------------------------------------------- a rescue file names the export
+cat >"$S/r.lua" <<'LUA'
+return { journal = false, name = function (ctx)
+  if ctx.export == "b.img" then error("no name for b") end
+  return ctx.params.dir .. "/r-a.qcow2" end }
+LUA
+mkdir -p "$S/r"
+( cd "$S/r" && nbdkit -f -U "$S/r.sock" --filter="$FILTER" file dir="$S/dir" \
+    luacow-script="$S/r.lua" luacow-dir="$S/r" 2>>"$S/nbdkit.log" & echo $! >"$S/r.pid" )
+for _ in $(seq 1 100); do [ -S "$S/r.sock" ] && break; sleep 0.05; done
+io r.sock a.img w:0:0x51:4096 && io r.sock b.img w:0:0x52:4096
+kill -TERM "$(cat "$S/r.pid")"
+for _ in $(seq 1 200); do kill -0 "$(cat "$S/r.pid")" 2>/dev/null || break; sleep 0.05; done
+check "the export whose policy failed went to a rescue file named after it" \
+  bash -c "ls '$S/r' | grep -q '^luacow-rescue-b.img-.*\.qcow2\$'"
+check "... and the log says whose overlay it holds" \
+  grep -q 'the overlay of export "b.img" was saved to the rescue file' "$S/nbdkit.log"
+check "the other export saved as its policy says" test -f "$S/r/r-a.qcow2"
+
+no_crash
+done_testing
