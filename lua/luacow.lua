@@ -422,6 +422,21 @@ local function escape_byte (c)
   return sformat("%%%02x", c:byte())
 end
 
+local function safe_form (s)
+  if s == "" then return "%" end
+  local enc = sgsub(s, "[^a-z0-9_.%-]", escape_byte)
+  if enc:byte(1) == 0x2e then enc = "%2e" .. enc:sub(2) end
+  if #enc <= SAFE_MAX then return enc end
+  -- '%' only starts escapes: one in the last two kept places would be cut.
+  local keep = SAFE_KEEP
+  if enc:byte(keep) == 0x25 then
+    keep = keep - 1
+  elseif enc:byte(keep - 1) == 0x25 then
+    keep = keep - 2
+  end
+  return enc:sub(1, keep) .. "%-" .. sha256(s):sub(1, 16)
+end
+
 --- A file-name-safe form of an untrusted name, such as a client's export name.
 --
 -- Bytes `a-z`, `0-9`, `_`, `-` and `.` stay as they are, except a `.` as
@@ -446,18 +461,7 @@ function M.safe_name (s)
   if type(s) ~= "string" then
     error("luacow.safe_name: name must be a string, got " .. show(s), 2)
   end
-  if s == "" then return "%" end
-  local enc = sgsub(s, "[^a-z0-9_.%-]", escape_byte)
-  if enc:byte(1) == 0x2e then enc = "%2e" .. enc:sub(2) end
-  if #enc <= SAFE_MAX then return enc end
-  -- '%' only starts escapes: one in the last two kept places would be cut.
-  local keep = SAFE_KEEP
-  if enc:byte(keep) == 0x25 then
-    keep = keep - 1
-  elseif enc:byte(keep - 1) == 0x25 then
-    keep = keep - 2
-  end
-  return enc:sub(1, keep) .. "%-" .. sha256(s):sub(1, 16)
+  return safe_form(s)
 end
 
 local function format_value (v)
@@ -502,12 +506,13 @@ local function placeholder (key, t, root)
     elseif type(e) ~= "string" then
       return nil, "{export}: " .. root .. ".export must be a string, got " .. show(e)
     end
-    return M.safe_name(e)
+    return safe_form(e)
   end
   local cur, path = t, root
   for seg in (key .. "."):gmatch("(.-)%.") do
     if seg == "" or not seg:match("^[%a_][%w_]*$") then
-      return nil, "bad placeholder {" .. key .. "}: expected {name}, {a.b.c}, {export}, {time} or {time:FORMAT}"
+      return nil, "bad placeholder {" .. key
+        .. "}: expected {name}, {a.b.c}, {export}, {time} or {time:FORMAT}"
     end
     if cur == nil then
       return nil, "{" .. key .. "} has no value (" .. path .. " is nil)", path
@@ -573,6 +578,16 @@ local function fill_template (parts, t, root)
   return tconcat(out)
 end
 
+-- Expands template with t (root as in placeholder).  Returns the text, or
+-- nil, an error and what follows " in <template>" in the message.
+local function expand_with (template, t, root)
+  local parts, err, tail = parse_template(template)
+  if not parts then return nil, err, tail end
+  local s, ferr = fill_template(parts, t, root)
+  if not s then return nil, ferr, "" end
+  return s
+end
+
 --- Fills a template such as `"{params.name}-{time:%Y%m%d-%H%M%S}-{event}.qcow2"`.
 --
 -- * `{a.b.c}` is `ctx.a.b.c`, as it is; numbers print as integers when
@@ -598,12 +613,7 @@ function M.expand (template, ctx)
   elseif type(ctx) ~= "table" then
     error("luacow.expand: ctx must be a table, got " .. show(ctx), 2)
   end
-  local parts, err, tail = parse_template(template)
-  local s
-  if parts then
-    s, err = fill_template(parts, ctx, "ctx")
-    tail = ""
-  end
+  local s, err, tail = expand_with(template, ctx, "ctx")
   if not s then error("luacow.expand: " .. err .. " in " .. show(template) .. tail, 2) end
   return s
 end
@@ -714,12 +724,7 @@ end
 
 -- The template v of luacow-KEY= expanded with t (called root), for field.
 local function expand_param (field, key, v, t, root)
-  local parts, err, tail = parse_template(v)
-  local s
-  if parts then
-    s, err = fill_template(parts, t, root)
-    tail = ""
-  end
+  local s, err, tail = expand_with(v, t, root)
   if not s then fail(field .. ": " .. param_text(key, v) .. ": " .. err .. tail) end
   return s
 end
