@@ -9,10 +9,10 @@
 --
 --    field         when               gets         returns
 --    cluster_size  at the 1st client  disk         power of two 512..2097152, or "64K"
---    load          once at startup    disk         nil/false, or a path to reload
---                                                  (disk.size is not known yet)
---    journal       once at startup    disk         false, or the path of the journal
---                                                  (disk.size is not known yet)
+--    load          once per export    disk         nil/false, or a path to reload
+--                  at its first open               (disk.size is not known yet)
+--    journal       once per export    disk         false, or the path of the journal
+--                  at its first open               (disk.size is not known yet)
 --    events        startup            -            list of "flush", "close", "interval"
 --    interval      startup            -            seconds between "interval" events
 --    save          "exit" + events    ctx          boolean: save now?
@@ -24,9 +24,13 @@
 --                                                  into the overlay (while it exists)
 --    cow_on_cache  once at startup    disk         boolean: NBD_CMD_CACHE fills the overlay
 --
--- `disk` is `{size, cluster_size, params, cwd, script, recovered}`; `ctx` is
--- disk's fields plus `{event, dirty_bytes, zero_bytes, written_bytes,
--- data_clusters, zero_clusters, started, now, loaded, last_save}`.
+-- `disk` is `{size, cluster_size, params, cwd, script, recovered, export}`;
+-- `ctx` is disk's fields plus `{event, dirty_bytes, zero_bytes,
+-- written_bytes, data_clusters, zero_clusters, started, now, loaded,
+-- last_save}`.  `export` is the client's export name ("" for the default
+-- export, whose load and journal are also asked for at startup): raw and
+-- untrusted, so paths use `luacow.expand`'s `{export}` (`luacow.safe_name`).
+-- Each export has its own overlay, journal and saves.
 -- `recovered` is nil unless a journal left by a crash was recovered at
 -- startup: then `{journal, blocks, bytes, flushed, seconds}` (flushed: the
 -- time of the last durable flush, seconds since the epoch; 0 if none).
@@ -38,10 +42,10 @@
 -- script's name.  Relative paths are returned as they are: the filter
 -- resolves them against `disk.cwd`.
 --
--- The other functions (`expand`, `size`, `latest`, `keep`, `log`,
--- `resolve`, `exists`) are helpers for policy scripts.  `latest` and `keep`
--- need the small C module `luacow.core`; it is loaded only when they are
--- first called, so everything else works in plain Lua.
+-- The other functions (`expand`, `safe_name`, `sha256`, `size`, `latest`,
+-- `keep`, `log`, `resolve`, `exists`) are helpers for policy scripts.
+-- `latest` and `keep` need the small C module `luacow.core`; it is loaded
+-- only when they are first called, so everything else works in plain Lua.
 -- @module luacow
 
 local M = {}
@@ -343,6 +347,123 @@ function M.describe (v)
   return "{" .. tconcat(parts, ", ") .. "}"
 end
 
+---------------------------------------------------------------- names
+
+-- SHA-256 (FIPS 180-4) on Lua 5.4's 64-bit integers: every 32-bit word
+-- is kept masked to 32 bits.  The round constants are the first 32 bits
+-- of the fractional parts of the cube roots of the first 64 primes (4.2.2),
+-- the initial hash those of the square roots of the first 8 (5.3.3).
+local K256 = {
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+}
+local H256 = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 }
+local M32 = 0xffffffff
+local BLOCK = ">" .. string.rep("I4", 16)
+local spack, sunpack, srep = string.pack, string.unpack, string.rep
+
+local function rotr (x, n)
+  return ((x >> n) | (x << (32 - n))) & M32
+end
+
+-- One 64-byte block of msg at pos: updates the state hv in place.
+local function sha256_block (hv, w, msg, pos)
+  for i = 1, 16 do w[i] = (sunpack(">I4", msg, pos + 4 * (i - 1))) end
+  for i = 17, 64 do
+    local x, y = w[i - 15], w[i - 2]
+    local s0 = rotr(x, 7) ~ rotr(x, 18) ~ (x >> 3)
+    local s1 = rotr(y, 17) ~ rotr(y, 19) ~ (y >> 10)
+    w[i] = (w[i - 16] + s0 + w[i - 7] + s1) & M32
+  end
+  local a, b, c, d, e, f, g, h = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
+  for i = 1, 64 do
+    local s1 = rotr(e, 6) ~ rotr(e, 11) ~ rotr(e, 25)
+    local ch = (e & f) ~ (~e & g)
+    local t1 = (h + s1 + ch + K256[i] + w[i]) & M32
+    local s0 = rotr(a, 2) ~ rotr(a, 13) ~ rotr(a, 22)
+    local maj = (a & b) ~ (a & c) ~ (b & c)
+    h, g, f, e, d, c, b, a = g, f, e, (d + t1) & M32, c, b, a, (t1 + s0 + maj) & M32
+  end
+  hv[1], hv[2], hv[3], hv[4] = (hv[1] + a) & M32, (hv[2] + b) & M32, (hv[3] + c) & M32, (hv[4] + d) & M32
+  hv[5], hv[6], hv[7], hv[8] = (hv[5] + e) & M32, (hv[6] + f) & M32, (hv[7] + g) & M32, (hv[8] + h) & M32
+end
+
+local function sha256 (s)
+  -- Padding (5.1.1): a 1 bit, zeros up to 56 mod 64, the length in bits.
+  local zeros = (55 - #s) % 64
+  local msg = s .. "\128" .. srep("\0", zeros) .. spack(">I8", #s * 8)
+  local hv, w = { table.unpack(H256) }, {}
+  for pos = 1, #msg, 64 do sha256_block(hv, w, msg, pos) end
+  return sformat(srep("%08x", 8), table.unpack(hv))
+end
+
+--- The SHA-256 digest of a string (FIPS 180-4), in pure Lua.
+-- @usage luacow.sha256("abc") --> "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+-- @tparam string s any bytes
+-- @treturn string 64 lowercase hex digits
+-- @raise when s is not a string
+function M.sha256 (s)
+  if type(s) ~= "string" then
+    error("luacow.sha256: expected a string, got " .. show(s), 2)
+  end
+  return sha256(s)
+end
+
+local SAFE_MAX, SAFE_KEEP = 80, 60
+
+local function escape_byte (c)
+  return sformat("%%%02x", c:byte())
+end
+
+local function safe_form (s)
+  if s == "" then return "%" end
+  local enc = sgsub(s, "[^a-z0-9_.%-]", escape_byte)
+  if enc:byte(1) == 0x2e then enc = "%2e" .. enc:sub(2) end
+  if #enc <= SAFE_MAX then return enc end
+  -- '%' only starts escapes: one in the last two kept places would be cut.
+  local keep = SAFE_KEEP
+  if enc:byte(keep) == 0x25 then
+    keep = keep - 1
+  elseif enc:byte(keep - 1) == 0x25 then
+    keep = keep - 2
+  end
+  return enc:sub(1, keep) .. "%-" .. sha256(s):sub(1, 16)
+end
+
+--- A file-name-safe form of an untrusted name, such as a client's export name.
+--
+-- Bytes `a-z`, `0-9`, `_`, `-` and `.` stay as they are, except a `.` as
+-- the first character; every other byte (uppercase letters too) becomes
+-- `%` and two lowercase hex digits.  The empty name becomes `%`.  A form
+-- longer than 80 characters is cut to its first 60 or fewer (never inside
+-- a `%xx`) followed by `%-` and 16 hex digits: the first 8 bytes of the
+-- SHA-256 of the raw name.
+--
+-- So the result has only the characters `[a-z0-9._%-]` (never `/`), never
+-- starts with `.`, is never empty, and has at most 80 characters.  Two
+-- different names give different forms: exactly for short forms, through
+-- 64 bits of SHA-256 for long ones (`%-` occurs in no short form).  With no
+-- uppercase letter in any form, names that differ only in case or in
+-- Unicode normalization stay apart on case-insensitive or normalizing file
+-- systems too.
+-- @usage luacow.safe_name("../etc/Disk 1") --> "%2e.%2fetc%2f%44isk%201"
+-- @tparam string s the raw name
+-- @treturn string
+-- @raise when s is not a string
+function M.safe_name (s)
+  if type(s) ~= "string" then
+    error("luacow.safe_name: name must be a string, got " .. show(s), 2)
+  end
+  return safe_form(s)
+end
+
 local function format_value (v)
   if type(v) == "number" then
     local i = math.tointeger(v)
@@ -353,17 +474,22 @@ local function format_value (v)
   return tostring(v)
 end
 
--- Expands one placeholder (the text between braces); returns the text or
--- nil and an error message.
+local function is_time (key)
+  return key == "time" or key:sub(1, 5) == "time:"
+end
+
+-- Expands one placeholder (the text between braces) from t, called root in
+-- messages ("ctx" or "disk").  Returns the text, or nil, an error message
+-- and, when a value is missing, the path that is nil.
 local DEFAULT_TIME = "%Y%m%d-%H%M%S"
-local function placeholder (key, ctx)
-  if key == "time" or key:sub(1, 5) == "time:" then
+local function placeholder (key, t, root)
+  if is_time(key) then
     local fmt = key == "time" and DEFAULT_TIME or key:sub(6)
     if fmt == "" then return nil, "{time:} needs a format, such as {time:%Y%m%d}" end
-    local now = ctx.now
+    local now = t.now
     if now == nil then now = os.time() end
     if type(now) ~= "number" then
-      return nil, "{" .. key .. "}: ctx.now must be a number, got " .. show(now)
+      return nil, "{" .. key .. "}: " .. root .. ".now must be a number, got " .. show(now)
     end
     local ok, s = pcall(os.date, fmt, math.floor(now))
     if not ok or type(s) ~= "string" then
@@ -372,30 +498,104 @@ local function placeholder (key, ctx)
     end
     return s
   end
-  local cur, path = ctx, "ctx"
+  if key == "export" then
+    -- The client's raw name: only its safe form may reach a path.
+    local e = t.export
+    if e == nil then
+      return nil, "{export} has no value (" .. root .. ".export is nil)", root .. ".export"
+    elseif type(e) ~= "string" then
+      return nil, "{export}: " .. root .. ".export must be a string, got " .. show(e)
+    end
+    return safe_form(e)
+  end
+  local cur, path = t, root
   for seg in (key .. "."):gmatch("(.-)%.") do
     if seg == "" or not seg:match("^[%a_][%w_]*$") then
-      return nil, "bad placeholder {" .. key .. "}: expected {name}, {a.b.c}, {time} or {time:FORMAT}"
+      return nil, "bad placeholder {" .. key
+        .. "}: expected {name}, {a.b.c}, {export}, {time} or {time:FORMAT}"
     end
     if cur == nil then
-      return nil, "{" .. key .. "} has no value (" .. path .. " is nil)"
+      return nil, "{" .. key .. "} has no value (" .. path .. " is nil)", path
     elseif type(cur) ~= "table" then
       return nil, "{" .. key .. "}: " .. path .. " is a " .. type(cur) .. ", not a table"
     end
     cur, path = cur[seg], path .. "." .. seg
   end
-  local t = type(cur)
+  local ty = type(cur)
   if cur == nil then
-    return nil, "{" .. key .. "} has no value (" .. path .. " is nil)"
-  elseif t ~= "string" and t ~= "number" and t ~= "boolean" then
-    return nil, "{" .. key .. "}: " .. path .. " is a " .. t .. ", not a string or number"
+    return nil, "{" .. key .. "} has no value (" .. path .. " is nil)", path
+  elseif ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
+    return nil, "{" .. key .. "}: " .. path .. " is a " .. ty .. ", not a string or number"
   end
   return format_value(cur)
 end
 
+-- Splits a template into literal strings and placeholders ({key = "..."}).
+-- Returns the list, or nil, an error and what follows " in <template>" in
+-- the message.
+local function parse_template (template)
+  local parts, i, n = {}, 1, #template
+  while i <= n do
+    local c = template:sub(i, i)
+    if c == "{" then
+      if template:sub(i + 1, i + 1) == "{" then
+        parts[#parts + 1] = "{"
+        i = i + 2
+      else
+        local j = template:find("}", i + 1, true)
+        if not j then return nil, ("unclosed '{' at position %d"):format(i), "" end
+        parts[#parts + 1] = { key = template:sub(i + 1, j - 1) }
+        i = j + 1
+      end
+    elseif c == "}" then
+      if template:sub(i + 1, i + 1) ~= "}" then
+        return nil, ("unmatched '}' at position %d"):format(i), " (write }} for a brace)"
+      end
+      parts[#parts + 1] = "}"
+      i = i + 2
+    else
+      local j = template:find("[{}]", i) or n + 1
+      parts[#parts + 1] = template:sub(i, j - 1)
+      i = j
+    end
+  end
+  return parts
+end
+
+-- Fills parsed parts from t (root as in placeholder).  Returns the text,
+-- or nil, the error, the nil path (if a value is missing) and the key.
+local function fill_template (parts, t, root)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if type(p) == "string" then
+      out[i] = p
+    else
+      local s, err, missing = placeholder(p.key, t, root)
+      if not s then return nil, err, missing, p.key end
+      out[i] = s
+    end
+  end
+  return tconcat(out)
+end
+
+-- Expands template with t (root as in placeholder).  Returns the text, or
+-- nil, an error and what follows " in <template>" in the message.
+local function expand_with (template, t, root)
+  local parts, err, tail = parse_template(template)
+  if not parts then return nil, err, tail end
+  local s, ferr = fill_template(parts, t, root)
+  if not s then return nil, ferr, "" end
+  return s
+end
+
 --- Fills a template such as `"{params.name}-{time:%Y%m%d-%H%M%S}-{event}.qcow2"`.
 --
--- * `{a.b.c}` is `ctx.a.b.c`; numbers print as integers when integral.
+-- * `{a.b.c}` is `ctx.a.b.c`, as it is; numbers print as integers when
+--   integral.
+-- * `{export}` is `luacow.safe_name(ctx.export)`: the export name made
+--   safe for a file name.  It is the only placeholder that is escaped:
+--   `ctx.export` itself is the client's raw, untrusted name and must never
+--   be used in a path unescaped.
 -- * `{time:FMT}` is `os.date(FMT, ctx.now or os.time())`; `{time}` is
 --   `{time:%Y%m%d-%H%M%S}`.  Use `{time:!FMT}` for UTC.
 -- * `{{` and `}}` stand for literal braces.
@@ -413,37 +613,9 @@ function M.expand (template, ctx)
   elseif type(ctx) ~= "table" then
     error("luacow.expand: ctx must be a table, got " .. show(ctx), 2)
   end
-  local out, i, n = {}, 1, #template
-  while i <= n do
-    local c = template:sub(i, i)
-    if c == "{" then
-      if template:sub(i + 1, i + 1) == "{" then
-        out[#out + 1] = "{"
-        i = i + 2
-      else
-        local j = template:find("}", i + 1, true)
-        if not j then
-          error(("luacow.expand: unclosed '{' at position %d in %s"):format(i, show(template)), 2)
-        end
-        local s, err = placeholder(template:sub(i + 1, j - 1), ctx)
-        if not s then error("luacow.expand: " .. err .. " in " .. show(template), 2) end
-        out[#out + 1] = s
-        i = j + 1
-      end
-    elseif c == "}" then
-      if template:sub(i + 1, i + 1) ~= "}" then
-        error(("luacow.expand: unmatched '}' at position %d in %s (write }} for a brace)")
-              :format(i, show(template)), 2)
-      end
-      out[#out + 1] = "}"
-      i = i + 2
-    else
-      local j = template:find("[{}]", i) or n + 1
-      out[#out + 1] = template:sub(i, j - 1)
-      i = j
-    end
-  end
-  return table.concat(out)
+  local s, err, tail = expand_with(template, ctx, "ctx")
+  if not s then error("luacow.expand: " .. err .. " in " .. show(template) .. tail, 2) end
+  return s
 end
 
 local function load_core (fname)
@@ -545,6 +717,42 @@ local function param (t, key)
   return nil
 end
 
+-- How parameter luacow-KEY=V is shown in messages (quoted when odd).
+local function param_text (key, v)
+  return "luacow-" .. key .. "=" .. (v:find("[%c\"\\]") and show(v) or v)
+end
+
+-- The template v of luacow-KEY= expanded with t (called root), for field.
+local function expand_param (field, key, v, t, root)
+  local s, err, tail = expand_with(v, t, root)
+  if not s then fail(field .. ": " .. param_text(key, v) .. ": " .. err .. tail) end
+  return s
+end
+
+-- The journal named by template v of luacow-KEY= (journal or save), with
+-- disk.  It must come out the same at every start, so no {time}; and a
+-- save template may use only what disk has.
+local function journal_from (key, v, disk)
+  local what = param_text(key, v)
+  local parts, err, tail = parse_template(v)
+  if not parts then fail("journal: " .. what .. ": " .. err .. tail) end
+  local fix = key == "save" and "; set luacow-journal=PATH or luacow-journal=off" or ""
+  for _, p in ipairs(parts) do
+    if type(p) == "table" and is_time(p.key) then
+      fail(("journal: %s cannot name the journal (it uses {%s}, so every start would get a new journal)%s")
+           :format(what, p.key, fix))
+    end
+  end
+  local s, missing, pkey
+  s, err, missing, pkey = fill_template(parts, disk, "disk")
+  if not s and missing and key == "save" then
+    fail(("journal: %s cannot name the journal (it uses {%s}, and %s is nil when the journal is opened)%s")
+         :format(what, pkey, missing, fix))
+  end
+  if not s then fail("journal: " .. what .. ": " .. err) end
+  return key == "save" and s .. ".journal" or s
+end
+
 -- The default rule for `journal`, bound to policy P: `luacow-journal=PATH`
 -- (`off` for none), else the save path P names at startup (a static
 -- `name`, or `luacow-save=` with the default `name`) plus ".journal".
@@ -552,9 +760,12 @@ local function default_journal (P)
   return function (disk)
     local j = param(disk, "journal")
     if j == "off" then return false end
-    if j then return j end
+    if j then return journal_from("journal", j, disk) end
     local n = P.name
-    if n == M.default.name then n = param(disk, "save") end
+    if n == M.default.name then
+      local s = param(disk, "save")
+      return s and journal_from("save", s, disk) or false
+    end
     if type(n) == "string" and n ~= "" then return n .. ".journal" end
     return false
   end
@@ -566,13 +777,18 @@ end
 M.default = {
   --- 64 KiB clusters, as qemu-img (the filter sets cow-block-size= here).
   cluster_size = 65536,
-  --- Reload `luacow-load=PATH` if that file exists (relative to disk.cwd).
+  --- Reload `luacow-load=TEMPLATE`, expanded with disk, if that file exists
+  -- (relative to disk.cwd).
   load = function (disk)
     local p = param(disk, "load")
-    if p and M.exists(M.resolve(p, disk.cwd)) then return p end
+    if not p then return nil end
+    local path = expand_param("load", "load", p, disk, "disk")
+    if path == "" then fail("load: " .. param_text("load", p) .. " expands to an empty path") end
+    if M.exists(M.resolve(path, disk.cwd)) then return path end
     return nil
   end,
-  --- `luacow-journal=`, else the static save path plus ".journal".
+  --- `luacow-journal=TEMPLATE` expanded with disk, else the static save
+  -- path plus ".journal".
   journal = nil, -- set below
   --- Only "exit".
   events = {},
@@ -581,8 +797,11 @@ M.default = {
   --- Save at exit if anything was written and `name` gives a path.
   -- (Each merged policy gets its own copy, which asks that policy's `name`.)
   save = nil, -- set below
-  --- The path given as `luacow-save=PATH`, or nil.
-  name = function (ctx) return param(ctx, "save") end,
+  --- `luacow-save=TEMPLATE` expanded with ctx, or nil.
+  name = function (ctx)
+    local p = param(ctx, "save")
+    return p and expand_param("name", "save", p, ctx, "ctx")
+  end,
   --- No backing file.
   backing = nil,
   --- Uncompressed.

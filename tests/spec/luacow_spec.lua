@@ -602,7 +602,7 @@ describe("luacow.expand", function ()
     for _, bad in ipairs({ "{}", "{a b}", "{1x}", "{a..b}", "{.a}", "{a.}", "{-}" }) do
       assert.error_matches(function () luacow.expand(bad, { a = { b = 1 } }) end,
                            "luacow.expand: bad placeholder " .. bad
-                           .. ": expected {name}, {a.b.c}, {time} or {time:FORMAT}", 1, true)
+                           .. ": expected {name}, {a.b.c}, {export}, {time} or {time:FORMAT}", 1, true)
     end
   end)
 
