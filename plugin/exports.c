@@ -15,6 +15,7 @@
 #include "exportname.h"
 #include "exports.h"
 #include "load.h"
+#include "save.h"
 #include "startup.h"
 
 /* -D luacow.verbose=1 logs startup decisions and the overlay's size. */
@@ -37,10 +38,17 @@ struct export {
    * its journal, its exit save's path and its last save's.
    */
   char *claims[3];
-  /* Exit and interval saves read the plugin through a context of their
-   * own, opened at the first read and closed after the save.
+  /* Exit and interval saves read the plugin through a client's context
+   * while one is open (conns, held under bg_lock for the read), else
+   * through one of their own (bg_next), opened at the first read and
+   * closed after the save: only for the default export, since nbdkit
+   * 1.32 gives a context outside a connection no export name.  The last
+   * client of an export copies what those saves would read (save_settle),
+   * so after it they read nothing from the plugin.
    */
   pthread_mutex_t bg_lock;
+  nbdkit_next **conns;
+  size_t nconns;
   nbdkit_next *bg_next;
   bool bg_failed;
   struct ov_lower bg_lower;   /* bg_pread on this export */
@@ -86,7 +94,20 @@ static int
 bg_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 {
   struct export *ex = handle;
+  char label[EXPORT_LABEL_LEN];
   pthread_mutex_lock (&ex->bg_lock);
+  if (ex->nconns) {           /* a client's context, kept open by the lock */
+    nbdkit_next *c = ex->conns[0];
+    int r = c->pread (c, buf, count, offset, 0, err);
+    pthread_mutex_unlock (&ex->bg_lock);
+    return r;
+  }
+  if (!ex->bg_next && !ex->bg_failed && ex->name[0]) {
+    nbdkit_error ("luacow: export %s: a save with no client connected cannot read the "
+                  "plugin (nbdkit 1.32 gives a context outside a connection no export name)",
+                  export_label (ex->name, label));
+    ex->bg_failed = true;
+  }
   if (!ex->bg_next && !ex->bg_failed)
     ex->bg_failed = !(ex->bg_next = open_plugin (ex));
   nbdkit_next *next = ex->bg_next;
@@ -96,6 +117,45 @@ bg_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
     return -1;
   }
   return next->pread (next, buf, count, offset, 0, err);
+}
+
+/* A client's context joins (prepare) or leaves (finalize) the ones saves
+ * may borrow.  Returns how many are left, or -1 (out of memory).
+ */
+static int
+add_conn (struct export *ex, nbdkit_next *next)
+{
+  pthread_mutex_lock (&ex->bg_lock);
+  nbdkit_next **bigger = realloc (ex->conns, (ex->nconns + 1) * sizeof (nbdkit_next *));
+  if (bigger) {
+    ex->conns = bigger;
+    ex->conns[ex->nconns++] = next;
+  }
+  pthread_mutex_unlock (&ex->bg_lock);
+  return bigger ? 0 : -1;
+}
+
+static size_t
+remove_conn (struct export *ex, nbdkit_next *next)
+{
+  pthread_mutex_lock (&ex->bg_lock);
+  for (size_t i = 0; i < ex->nconns; ++i)
+    if (ex->conns[i] == next) {
+      ex->conns[i] = ex->conns[--ex->nconns];
+      break;
+    }
+  size_t left = ex->nconns;
+  pthread_mutex_unlock (&ex->bg_lock);
+  return left;
+}
+
+static size_t
+conns_open (struct export *ex)
+{
+  pthread_mutex_lock (&ex->bg_lock);
+  size_t n = ex->nconns;
+  pthread_mutex_unlock (&ex->bg_lock);
+  return n;
 }
 
 static void
@@ -371,7 +431,31 @@ export_prepare (struct export *ex, nbdkit_next *next)
                   overlay_size (ex->overlay), below);
     return -1;
   }
+  if (add_conn (ex, next) == -1) {
+    nbdkit_error ("luacow: out of memory");
+    return -1;
+  }
   return 0;
+}
+
+/* The close event, then (the export's last client leaving) what later
+ * saves would read from the plugin is copied while this context is open.
+ */
+void
+export_finalize (struct export *ex, nbdkit_next *next)
+{
+  struct ov_lower lower = { next_pread, next };
+  char label[EXPORT_LABEL_LEN];
+  int err = 0;
+  if (!ex->overlay)
+    return;
+  if (ex->events && events_wanted (ex->events, EVENT_CLOSE))
+    events_fire (ex->events, "close", &lower, &err);
+  if (conns_open (ex) == 1 && save_settle (ex->overlay, &lower, ex->cluster_size, &err) == -1)
+    nbdkit_error ("luacow: export %s: cannot read the plugin to complete partly written "
+                  "clusters for the next save: %s", export_label (ex->name, label),
+                  strerror (err));
+  remove_conn (ex, next);
 }
 
 struct overlay *export_overlay (const struct export *ex) { return ex->overlay; }
@@ -412,6 +496,7 @@ exports_free (void)
       free (ex->claims[k]);
     free (ex->loaded_path);
     free (ex->init_error);
+    free (ex->conns);
     free (ex->name);
     pthread_mutex_destroy (&ex->lock);
     pthread_mutex_destroy (&ex->bg_lock);

@@ -58,6 +58,12 @@ struct export *exports_open (const char *name);
  */
 int export_prepare (struct export *ex, nbdkit_next *next);
 
+/* At a connection's finalize, its plugin context still open: the close
+ * event, and at the export's last client what later saves need of the
+ * plugin.
+ */
+void export_finalize (struct export *ex, nbdkit_next *next);
+
 struct overlay *export_overlay (const struct export *ex);
 uint32_t export_cluster_size (const struct export *ex);
 struct events *export_events (const struct export *ex);

@@ -240,11 +240,7 @@ luacow_get_size (nbdkit_next *next, void *handle)
 static int
 luacow_finalize (nbdkit_next *next, void *handle)
 {
-  struct ov_lower lower = { next_pread, next };
-  struct events *ev = export_events (handle);
-  int err;
-  if (ev && events_wanted (ev, EVENT_CLOSE))
-    events_fire (ev, "close", &lower, &err);
+  export_finalize (handle, next);
   return 0;
 }
 

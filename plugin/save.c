@@ -66,12 +66,20 @@ walk_run (void *opaque, enum ov_kind kind, uint64_t off, uint64_t len)
   return 0;
 }
 
+/* The clusters from off (a multiple of cs) for len bytes. */
+static int
+walk_range (const struct overlay *ov, uint32_t cs, uint64_t off, uint64_t len,
+            cluster_fn fn, void *opaque)
+{
+  struct walk w = { .size = overlay_size (ov), .cs = cs, .fn = fn, .opaque = opaque };
+  int r = overlay_map (ov, off, len, walk_run, &w);
+  return r ? r : finish_cluster (&w);
+}
+
 static int
 walk_clusters (const struct overlay *ov, uint32_t cs, cluster_fn fn, void *opaque)
 {
-  struct walk w = { .size = overlay_size (ov), .cs = cs, .fn = fn, .opaque = opaque };
-  int r = overlay_map (ov, 0, w.size, walk_run, &w);
-  return r ? r : finish_cluster (&w);
+  return walk_range (ov, cs, 0, overlay_size (ov), fn, opaque);
 }
 
 struct counts { uint64_t data, zero; };
@@ -203,6 +211,66 @@ save_overlay (struct overlay *ov, const struct ov_lower *lower,
     snprintf (err, SAVE_ERRLEN, "save failed");
   return r;
 }
+
+/* ------------------------------------------------------------ settle */
+
+#define SETTLE_BATCH 4096     /* clusters listed per pass over the map */
+
+struct settle {
+  uint64_t clusters[SETTLE_BATCH];
+  size_t n;
+};
+
+static int
+list_cluster (void *opaque, uint64_t cluster, enum cluster_class cls)
+{
+  struct settle *st = opaque;
+  if (cls == CL_DATA)
+    st->clusters[st->n++] = cluster;
+  return 0;
+}
+
+/* The blocks of one cluster that are clean, copied from below. */
+static int
+settle_cluster (struct overlay *ov, const struct ov_lower *lower, uint64_t off, uint64_t end,
+                char *buf, int *err)
+{
+  uint32_t bs = overlay_block_size (ov);
+  for (uint64_t b = off; b < end; b += bs) {
+    uint32_t n = end - b < bs ? (uint32_t) (end - b) : bs;
+    if (!overlay_block_clean (ov, b))
+      continue;
+    if (lower->pread (lower->handle, buf, n, b, err) == -1)
+      return -1;
+    overlay_populate (ov, buf, n, b);
+  }
+  return 0;
+}
+
+int
+save_settle (struct overlay *ov, const struct ov_lower *lower, uint32_t cs, int *err)
+{
+  struct settle *st = malloc (sizeof *st);
+  char *buf = malloc (overlay_block_size (ov));
+  uint64_t size = overlay_size (ov), span = (uint64_t) SETTLE_BATCH * cs;
+  int r = st && buf ? 0 : -1;
+  if (r == -1)
+    *err = ENOMEM;
+  for (uint64_t off = 0; r == 0 && off < size; off += span) {
+    st->n = 0;
+    uint64_t len = size - off < span ? size - off : span;
+    r = walk_range (ov, cs, off, len, list_cluster, st) ? -1 : 0;
+    for (size_t i = 0; r == 0 && i < st->n; ++i) {
+      uint64_t c = st->clusters[i] * cs, end = c + cs < size ? c + cs : size;
+      r = settle_cluster (ov, lower, c, end, buf, err);
+    }
+  }
+  free (st);
+  free (buf);
+  return r;
+}
+
+/* ------------------------------------------------------ the log line */
 
 /* 'it'\''s' style quoting for the logged command. */
 static char *

@@ -45,6 +45,14 @@ int save_overlay (struct overlay *ov, const struct ov_lower *lower,
                   const struct save_request *req, struct save_result *res,
                   char err[SAVE_ERRLEN]);
 
+/* Copy, through lower, what the plugin holds of every cluster a save
+ * would write whole (the clean blocks of partly written clusters) into
+ * the overlay as copies (overlay_populate), so that a later save reads
+ * nothing from the plugin.  0, or -1 with *err.
+ */
+int save_settle (struct overlay *ov, const struct ov_lower *lower, uint32_t cluster_size,
+                 int *err);
+
 /* The shell command that attaches a base to a saved file (malloc'd). */
 char *save_rebase_command (const char *path, const char *base, const char *format);
 

@@ -153,7 +153,11 @@ d=$SCRATCH/perr; mkdir -p "$d"
 TRIGGER=$SCRATCH/perr-trigger
 start_nb perr --filter=error file "$BASE" error-pread-rate=1 error-pread-file="$TRIGGER" \
   luacow-script="$P/fault_checkpoint.lua" luacow-dir="$d"
-# A partly written cluster: the save must read the rest of it from the plugin.
+# A partly written cluster: the save must read the rest of it from the
+# plugin.  Another client stays connected meanwhile, so the writer's
+# close is not the export's last (which would copy the rest, save_settle).
+nbdsh -u "$NB_URI" -c 'import time; time.sleep(600)' & holder=$!
+sleep 0.5
 client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --state "$SCRATCH/state-$(basename "$d")" "w:1000:100:1" >/dev/null
 touch "$TRIGGER"
 checkv "failing plugin: the flush whose save needs the plugin fails with EIO" \
@@ -165,6 +169,7 @@ rm -f "$TRIGGER"
 checkv "failing plugin: once the errors stop, the next flush saves" \
   client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "f"
 checkv "failing plugin: the file passes qemu-img check" qcheck "$d/target.qcow2"
+kill "$holder"; wait "$holder" 2>/dev/null
 stop_nb
 run_nb perr-reload file "$BASE" luacow-load="$d/target.qcow2" -- \
   "$PY $CLIENT ops \"\$uri\" --base $BASE --cs 65536 --state $SCRATCH/state-$(basename "$d")"
@@ -258,7 +263,7 @@ end
 return {
   events = { "close" },
   save = function (ctx) return ctx.written_bytes > 0 end,
-  name = function (ctx) return luacow.expand("{params.tag}-{event}.qcow2", ctx) end,
+  name = function (ctx) return luacow.expand("{params.tag}-{export}-{event}.qcow2", ctx) end,
   saved = function (ctx, r)
     local out = {}
     dump(ctx, "", out)
@@ -266,7 +271,7 @@ return {
   end,
 }
 EOF
-pwned () { { find / /tmp -maxdepth 2 -name '*luacow-pwned*'; find "$SCRATCH" -name '*luacow-pwned*'; } 2>/dev/null | wc -l; }
+pwned () { { find / /tmp -maxdepth 2 -name '*luacow-pwned*'; find "$SCRATCH" -name '*luacow-pwned*' -not -path "$d/start/*"; } 2>/dev/null | wc -l; }
 before=$(pwned)
 NB_CWD=$d/start start_nb names file "$BASE" luacow-script="$d/dump.lua" luacow-tag=vm luacow-out="$d/ctx.txt"
 for name in "../../luacow-pwned" "/tmp/luacow-pwned" "{event}luacow-pwned" "luacow-pwned/../../x" "$(printf 'luacow-pwned\nx')"; do
@@ -274,10 +279,14 @@ for name in "../../luacow-pwned" "/tmp/luacow-pwned" "{event}luacow-pwned" "luac
     fail "a client with export name '$name' is served"
 done
 stop_nb
-checkv "export names: only the policy's files were written (vm-close, vm-exit)" \
-  test "$(ls -A "$d/start" | tr '\n' ' ')" = "vm-close.qcow2 vm-exit.qcow2 "
-checkv "export names: no file named after an export name anywhere" \
+# Each name is an export of its own (issue 11), saved where {export}'s
+# safe form puts it: in the start directory, never a path of the client's.
+checkv "export names: each name's close and exit saves, all in the start directory" \
+  test "$(ls -A "$d/start" | grep -c '^vm-[a-z0-9._%-]*-\(close\|exit\)\.qcow2$')" -eq 10
+checkv "export names: nothing else in the start directory" test "$(ls -A "$d/start" | wc -l)" -eq 10
+checkv "export names: no file named after an export name anywhere else" \
   test "$(pwned)" = "$before"
-checkv "export names: the policy never sees them (not in ctx)" bash -c "! grep -q 'pwned' '$d/ctx.txt'"
+checkv "export names: the policy sees them only as ctx.export (or in the safe form)" \
+  bash -c "! grep 'pwned' '$d/ctx.txt' | grep -v '^export=' | grep -v '^last_save.path=$d/start/vm-'"
 
 done_testing
