@@ -28,7 +28,7 @@ MANPAGE     = plugin/nbdkit-luacow-filter.1
 GLUE_SRCS   = plugin/luacow.c plugin/config.c plugin/exports.c
 LIB_SRCS    = $(filter-out $(GLUE_SRCS),$(wildcard plugin/*.c))
 LIB_OBJS    = $(LIB_SRCS:.c=.o)
-GEN_LUA     = plugin/gen/luacow_lua.h
+GEN_LUA     = plugin/gen/luacow_lua.h plugin/gen/luacow_names_lua.h
 UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
 UNIT_BINS   = $(UNIT_SRCS:tests/unit/%.c=tests/unit/bin/%)
 LUA_MODDIR  = $(PREFIX)/share/lua/5.4
@@ -44,9 +44,13 @@ plugin/%.o: plugin/%.c $(wildcard plugin/*.h) $(GEN_LUA)
 
 # The Lua library is compiled into the filter so that `require "luacow"`
 # works without installing anything.
-$(GEN_LUA): lua/luacow.lua tools/embed.lua
+plugin/gen/luacow_lua.h: lua/luacow.lua tools/embed.lua
 	@mkdir -p plugin/gen
 	lua5.4 tools/embed.lua luacow_lua $< > $@.tmp && mv $@.tmp $@
+
+plugin/gen/luacow_names_lua.h: lua/luacow/names.lua tools/embed.lua
+	@mkdir -p plugin/gen
+	lua5.4 tools/embed.lua luacow_names_lua $< > $@.tmp && mv $@.tmp $@
 
 $(FILTER): $(GLUE_SRCS:.c=.o) $(LIB_OBJS)
 	$(CC) -shared -o $@ $^ $(LDLIBS) $(SAN)
@@ -105,19 +109,20 @@ stress: deps
 	tests/stress/stress.sh $${STRESS_SECONDS:-20}
 
 install: all
-	install -d $(DESTDIR)$(FILTERDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(LUA_MODDIR) \
+	install -d $(DESTDIR)$(FILTERDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(LUA_MODDIR)/luacow \
 	           $(DESTDIR)$(LUA_CMODDIR)/luacow
 	install -m 0755 $(FILTER) $(DESTDIR)$(FILTERDIR)/
 	install -m 0644 $(MANPAGE) $(DESTDIR)$(MANDIR)/
 	install -m 0644 lua/luacow.lua $(DESTDIR)$(LUA_MODDIR)/
+	install -m 0644 lua/luacow/names.lua $(DESTDIR)$(LUA_MODDIR)/luacow/
 	install -m 0755 $(LUA_CORE) $(DESTDIR)$(LUA_CMODDIR)/luacow/core.so
 
 uninstall:
 	rm -f $(DESTDIR)$(FILTERDIR)/nbdkit-luacow-filter.so \
 	      $(DESTDIR)$(MANDIR)/nbdkit-luacow-filter.1 \
-	      $(DESTDIR)$(LUA_MODDIR)/luacow.lua \
+	      $(DESTDIR)$(LUA_MODDIR)/luacow.lua $(DESTDIR)$(LUA_MODDIR)/luacow/names.lua \
 	      $(DESTDIR)$(LUA_CMODDIR)/luacow/core.so
-	-rmdir $(DESTDIR)$(LUA_CMODDIR)/luacow 2>/dev/null
+	-rmdir $(DESTDIR)$(LUA_CMODDIR)/luacow $(DESTDIR)$(LUA_MODDIR)/luacow 2>/dev/null
 
 clean:
 	rm -rf plugin/*.o plugin/gen $(FILTER) $(MANPAGE) tests/unit/bin tests/fuzz/bin

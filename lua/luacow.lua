@@ -349,60 +349,8 @@ end
 
 ---------------------------------------------------------------- names
 
--- SHA-256 (FIPS 180-4) on Lua 5.4's 64-bit integers: every 32-bit word
--- is kept masked to 32 bits.  The round constants are the first 32 bits
--- of the fractional parts of the cube roots of the first 64 primes (4.2.2),
--- the initial hash those of the square roots of the first 8 (5.3.3).
-local K256 = {
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-}
-local H256 = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 }
-local M32 = 0xffffffff
-local BLOCK = ">" .. string.rep("I4", 16)
-local spack, sunpack, srep = string.pack, string.unpack, string.rep
-
-local function rotr (x, n)
-  return ((x >> n) | (x << (32 - n))) & M32
-end
-
--- One 64-byte block of msg at pos: updates the state hv in place.
-local function sha256_block (hv, w, msg, pos)
-  for i = 1, 16 do w[i] = (sunpack(">I4", msg, pos + 4 * (i - 1))) end
-  for i = 17, 64 do
-    local x, y = w[i - 15], w[i - 2]
-    local s0 = rotr(x, 7) ~ rotr(x, 18) ~ (x >> 3)
-    local s1 = rotr(y, 17) ~ rotr(y, 19) ~ (y >> 10)
-    w[i] = (w[i - 16] + s0 + w[i - 7] + s1) & M32
-  end
-  local a, b, c, d, e, f, g, h = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
-  for i = 1, 64 do
-    local s1 = rotr(e, 6) ~ rotr(e, 11) ~ rotr(e, 25)
-    local ch = (e & f) ~ (~e & g)
-    local t1 = (h + s1 + ch + K256[i] + w[i]) & M32
-    local s0 = rotr(a, 2) ~ rotr(a, 13) ~ rotr(a, 22)
-    local maj = (a & b) ~ (a & c) ~ (b & c)
-    h, g, f, e, d, c, b, a = g, f, e, (d + t1) & M32, c, b, a, (t1 + s0 + maj) & M32
-  end
-  hv[1], hv[2], hv[3], hv[4] = (hv[1] + a) & M32, (hv[2] + b) & M32, (hv[3] + c) & M32, (hv[4] + d) & M32
-  hv[5], hv[6], hv[7], hv[8] = (hv[5] + e) & M32, (hv[6] + f) & M32, (hv[7] + g) & M32, (hv[8] + h) & M32
-end
-
-local function sha256 (s)
-  -- Padding (5.1.1): a 1 bit, zeros up to 56 mod 64, the length in bits.
-  local zeros = (55 - #s) % 64
-  local msg = s .. "\128" .. srep("\0", zeros) .. spack(">I8", #s * 8)
-  local hv, w = { table.unpack(H256) }, {}
-  for pos = 1, #msg, 64 do sha256_block(hv, w, msg, pos) end
-  return sformat(srep("%08x", 8), table.unpack(hv))
-end
+local names = require "luacow.names"
+local sha256, safe_form = names.sha256, names.safe_name
 
 --- The SHA-256 digest of a string (FIPS 180-4), in pure Lua.
 -- @usage luacow.sha256("abc") --> "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -414,27 +362,6 @@ function M.sha256 (s)
     error("luacow.sha256: expected a string, got " .. show(s), 2)
   end
   return sha256(s)
-end
-
-local SAFE_MAX, SAFE_KEEP = 80, 60
-
-local function escape_byte (c)
-  return sformat("%%%02x", c:byte())
-end
-
-local function safe_form (s)
-  if s == "" then return "%" end
-  local enc = sgsub(s, "[^a-z0-9_.%-]", escape_byte)
-  if enc:byte(1) == 0x2e then enc = "%2e" .. enc:sub(2) end
-  if #enc <= SAFE_MAX then return enc end
-  -- '%' only starts escapes: one in the last two kept places would be cut.
-  local keep = SAFE_KEEP
-  if enc:byte(keep) == 0x25 then
-    keep = keep - 1
-  elseif enc:byte(keep - 1) == 0x25 then
-    keep = keep - 2
-  end
-  return enc:sub(1, keep) .. "%-" .. sha256(s):sub(1, 16)
 end
 
 --- A file-name-safe form of an untrusted name, such as a client's export name.

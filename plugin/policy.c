@@ -23,6 +23,7 @@
 
 #include "luacow_core.h"
 #include "luacow_lua.h"
+#include "luacow_names_lua.h"
 #include "lua_host.h"
 #include "lua_sandbox.h"
 #include "policy.h"
@@ -482,8 +483,18 @@ open_embedded_library (lua_State *L)
   return 1;
 }
 
+static int
+open_embedded_names (lua_State *L)
+{
+  if (luaL_loadbufferx (L, (const char *) luacow_names_lua, luacow_names_lua_len,
+                        "=luacow/names.lua", "t") != LUA_OK)
+    return lua_error (L);
+  lua_call (L, 0, 1);
+  return 1;
+}
+
 /* [-0, +0] require "luacow" finds the compiled-in copy, luacow.core
- * likewise; luacow.host is the filter's side of luacow.log.
+ * and luacow.names likewise; luacow.host is the filter's side of luacow.log.
  */
 static void
 register_library (lua_State *L)
@@ -491,6 +502,8 @@ register_library (lua_State *L)
   luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction (L, luaopen_luacow_core);
   lua_setfield (L, -2, "luacow.core");
+  lua_pushcfunction (L, open_embedded_names);
+  lua_setfield (L, -2, "luacow.names");
   lua_pop (L, 1);
   luaL_getsubtable (L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_newtable (L);

@@ -26,6 +26,7 @@ build = {
    type = "builtin",
    modules = {
       luacow = "lua/luacow.lua",
+      ["luacow.names"] = "lua/luacow/names.lua",
       ["luacow.core"] = {
          sources = { "plugin/luacow_core.c" },
          incdirs = { "plugin" },

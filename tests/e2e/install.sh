@@ -26,11 +26,12 @@ check "the filter is installed in nbdkit's filterdir ($filterdir)" test -f "$so"
 check "the installed filter is the built one" cmp -s "$FILTER" "$so"
 check "the man page is installed in $PREFIX/share/man/man1" test -s "$man1"
 check "the Lua library is installed in $PREFIX/share/lua/5.4" cmp -s "$TOP/lua/luacow.lua" "$lualib"
+check "... with its luacow.names module" cmp -s "$TOP/lua/luacow/names.lua" "${lualib%.lua}/names.lua"
 # The C helper luacow.core (luacow.latest/keep outside nbdkit), if the
 # Makefile installs it: it must be where Lua 5.4 looks (checked below).
 core=$(find "$ROOT" -path '*/luacow/core.so' -type f | head -n 1)
 # Nothing else: everything under the DESTDIR is one of these.
-others=$(find "$ROOT" -type f ! -path "$so" ! -path "$man1" ! -path "$lualib" ! -path "${core:-/nonexistent}")
+others=$(find "$ROOT" -type f ! -path "$so" ! -path "$man1" ! -path "$lualib" ! -path "${lualib%.lua}/names.lua" ! -path "${core:-/nonexistent}")
 check "make install installs nothing else${others:+ (also: $others)}" test -z "$others"
 
 # The installed filter, from where it was installed (run from the scratch

@@ -55,9 +55,11 @@ if [ ! -f "$tree/share/lua/5.4/luacow.lua" ] || [ ! -f "$tree/lib/lua/5.4/luacow
 fi
 ok "the tree has share/lua/5.4/luacow.lua and lib/lua/5.4/luacow/core.so"
 check "the installed luacow.lua is lua/luacow.lua" cmp "$top/lua/luacow.lua" "$tree/share/lua/5.4/luacow.lua"
+check "the installed luacow/names.lua is lua/luacow/names.lua" \
+  cmp "$top/lua/luacow/names.lua" "$tree/share/lua/5.4/luacow/names.lua"
 
 # Nothing of the sources is left to load by mistake.
-rm -f "$src/lua/luacow.lua" "$src/plugin/luacow_core.c"
+rm -f "$src/lua/luacow.lua" "$src/lua/luacow/names.lua" "$src/plugin/luacow_core.c"
 
 # Lua's search paths: the installed tree, then only the directories that
 # busted itself lives in (Debian's, not /usr/local nor ./).
