@@ -61,6 +61,7 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;  /* also claims *
 static struct export **table;
 static size_t nexports;
 static struct startup_config default_cfg;   /* "", configured at startup */
+static struct policy_disk *default_disk;    /* with the disk it saw then */
 static bool default_configured;
 static nbdkit_backend *backend;
 
@@ -135,7 +136,7 @@ add_conn (struct export *ex, nbdkit_next *next)
   return bigger ? 0 : -1;
 }
 
-static size_t
+static void
 remove_conn (struct export *ex, nbdkit_next *next)
 {
   pthread_mutex_lock (&ex->bg_lock);
@@ -144,18 +145,28 @@ remove_conn (struct export *ex, nbdkit_next *next)
       ex->conns[i] = ex->conns[--ex->nconns];
       break;
     }
-  size_t left = ex->nconns;
   pthread_mutex_unlock (&ex->bg_lock);
-  return left;
 }
 
-static size_t
-conns_open (struct export *ex)
+/* A leaving client: gone from the list unless it is the export's last
+ * (then it stays, for the settle, until remove_conn).  Decided under the
+ * lock, so of clients leaving together exactly the last one settles.
+ */
+enum leave { LEAVE_UNKNOWN, LEAVE_DONE, LEAVE_LAST };
+
+static enum leave
+leave_conn (struct export *ex, nbdkit_next *next)
 {
+  enum leave r = LEAVE_UNKNOWN;
   pthread_mutex_lock (&ex->bg_lock);
-  size_t n = ex->nconns;
+  for (size_t i = 0; i < ex->nconns && r == LEAVE_UNKNOWN; ++i)
+    if (ex->conns[i] == next) {
+      r = ex->nconns == 1 ? LEAVE_LAST : LEAVE_DONE;
+      if (r == LEAVE_DONE)
+        ex->conns[i] = ex->conns[--ex->nconns];
+    }
   pthread_mutex_unlock (&ex->bg_lock);
-  return n;
+  return r;
 }
 
 static void
@@ -264,6 +275,17 @@ claim_files (struct export *ex, uint64_t size, char *msg, size_t len)
   return r;
 }
 
+static void
+release_claims (struct export *ex)
+{
+  pthread_mutex_lock (&table_lock);
+  for (size_t k = 0; k < 3; ++k) {
+    free (ex->claims[k]);
+    ex->claims[k] = NULL;
+  }
+  pthread_mutex_unlock (&table_lock);
+}
+
 /* ------------------------------------------------------------ the table */
 
 int
@@ -278,12 +300,12 @@ exports_init (const struct exports_setup *setup)
     nbdkit_error ("luacow: %s", err);
     return -1;
   }
-  int r = startup_configure (env.policy, d, env.tmpdir, &default_cfg, msg, sizeof msg);
-  policy_disk_free (d);       /* the first open makes the one it keeps */
-  if (r == -1) {
+  if (startup_configure (env.policy, d, env.tmpdir, &default_cfg, msg, sizeof msg) == -1) {
+    policy_disk_free (d);
     nbdkit_error ("%s", msg);
     return -1;
   }
+  default_disk = d;
   default_configured = true;
   return 0;
 }
@@ -300,7 +322,9 @@ export_new (const char *name)
   pthread_mutex_init (&ex->bg_lock, NULL);
   if (name[0] == '\0' && default_configured) {
     ex->cfg = default_cfg;    /* taken over */
+    ex->disk = default_disk;
     memset (&default_cfg, 0, sizeof default_cfg);
+    default_disk = NULL;
     default_configured = false;
     ex->configured = true;
   }
@@ -402,8 +426,10 @@ first_open (struct export *ex, nbdkit_next *next)
   ex->cfg.load = st.load_path;  /* what is left of it */
   ex->overlay = st.overlay;
   ex->loaded_path = st.loaded_path;
-  if (r == -1)
+  if (r == -1) {
+    release_claims (ex);      /* it writes nothing: others may have them */
     return sticky (ex, msg);
+  }
   if (luacow_debug_verbose)
     nbdkit_debug ("luacow: export %s: %s, %" PRId64 " bytes, cluster %u, events 0x%x, "
                   "cow-on-read %d, cow-on-cache %d", export_label (ex->name, msg),
@@ -448,10 +474,12 @@ export_finalize (struct export *ex, nbdkit_next *next)
   char label[EXPORT_LABEL_LEN];
   int err = 0;
   if (!ex->overlay)
-    return;
+    return;                   /* its prepare failed: it served nothing */
   if (ex->events && events_wanted (ex->events, EVENT_CLOSE))
     events_fire (ex->events, "close", &lower, &err);
-  if (conns_open (ex) == 1 && save_settle (ex->overlay, &lower, ex->cluster_size, &err) == -1)
+  if (leave_conn (ex, next) != LEAVE_LAST)
+    return;
+  if (save_settle (ex->overlay, &lower, ex->cluster_size, &err) == -1)
     nbdkit_error ("luacow: export %s: cannot read the plugin to complete partly written "
                   "clusters for the next save: %s", export_label (ex->name, label),
                   strerror (err));
@@ -506,4 +534,6 @@ exports_free (void)
   table = NULL;
   nexports = 0;
   startup_config_clear (&default_cfg);
+  policy_disk_free (default_disk);
+  default_disk = NULL;
 }

@@ -48,9 +48,13 @@ check "... and it was saved" qcheck whole.qcow2
 run='qemu-io -f raw -c "write -P 1 0 4k" "$uri"'
 c=$(opens cow "$run")
 l=$(opens "$FILTER" "$run" luacow-save="$SCRATCH/part.qcow2")
-check "opens: a save completing a partly written cluster opens the plugin once more: luacow $l = cow $c + 1" \
-  test "$l" = $((c + 1))
+# The client's close (the export's last) reads the rest of the cluster
+# through its own context: the exit save opens nothing.
+check "opens: a save completing a partly written cluster opens the plugin no more than cow: luacow $l = cow $c" \
+  test "$l" = "$c"
 check "... and it was saved" qcheck part.qcow2
+check "... with the plugin's data around the write" \
+  qemu-io -f qcow2 -r -c 'read -P 1 0 4k' -c 'read -P 0x63 4k 60k' part.qcow2
 
 note "--- sh and eval: no context outside a connection"
 noconn () {

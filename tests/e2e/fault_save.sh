@@ -156,8 +156,7 @@ start_nb perr --filter=error file "$BASE" error-pread-rate=1 error-pread-file="$
 # A partly written cluster: the save must read the rest of it from the
 # plugin.  Another client stays connected meanwhile, so the writer's
 # close is not the export's last (which would copy the rest, save_settle).
-nbdsh -u "$NB_URI" -c 'import time; time.sleep(600)' & holder=$!
-sleep 0.5
+hold_open "$NB_URI"
 client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none --state "$SCRATCH/state-$(basename "$d")" "w:1000:100:1" >/dev/null
 touch "$TRIGGER"
 checkv "failing plugin: the flush whose save needs the plugin fails with EIO" \
@@ -169,7 +168,7 @@ rm -f "$TRIGGER"
 checkv "failing plugin: once the errors stop, the next flush saves" \
   client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "f"
 checkv "failing plugin: the file passes qemu-img check" qcheck "$d/target.qcow2"
-kill "$holder"; wait "$holder" 2>/dev/null
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
 stop_nb
 run_nb perr-reload file "$BASE" luacow-load="$d/target.qcow2" -- \
   "$PY $CLIENT ops \"\$uri\" --base $BASE --cs 65536 --state $SCRATCH/state-$(basename "$d")"

@@ -64,6 +64,17 @@ run_nbdkit () {
   return 1
 }
 
+# hold_open URI: a client that stays connected (HOLDER is its pid) until
+# killed.  While another client is connected, a client's close is not its
+# export's last, which would copy the plugin's data that later saves need
+# (save_settle): tests of a save that must read the plugin hold one open.
+hold_open () {
+  nbdsh -u "$1" -c 'import time; time.sleep(3600)' </dev/null >/dev/null 2>&1 &
+  HOLDER=$!
+  _pids+=("$HOLDER")
+  sleep 0.5
+}
+
 # stop_nbdkit: SIGTERM and wait, so .cleanup (the exit save) runs.
 # Returns nbdkit's exit status and appends it to NBDKIT_STATUSES (for
 # crash checks: above 128 is a signal, 134 SIGABRT, 139 SIGSEGV).

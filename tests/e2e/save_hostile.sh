@@ -206,6 +206,7 @@ held_save () {
   local ctl=$SCRATCH/$1.ctl
   NB_CWD=$S NB_ENV=$NOTMP start_nb "$1" --filter=pause file "$BASE" pause-control="$ctl" \
     luacow-script="$P/fault_checkpoint.lua" luacow-dir="$2"
+  hold_open "$NB_URI"         # so no close is the export's last
   client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "p:5:1:1" "f" >/dev/null
   client ops "$NB_URI" --base "$BASE" --cs 65536 --verify none "p:cs+5:1:2" >/dev/null
   HOLD_CTL=$ctl
@@ -233,6 +234,7 @@ wait "$FLUSHER"; rc=$?
 checkv "the held save completes once reads resume: its flush succeeds" test $rc = 0
 checkv "  the target passes qemu-img check" qcheck "$d/target.qcow2"
 checkv "  and no temporary is left" test -z "$(temps "$d")"
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
 stop_nb
 
 note "--- SIGKILL while a named temporary exists"
