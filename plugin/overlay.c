@@ -50,7 +50,10 @@
  * never written again until a later durable commit unreferences them.
  * So after a crash each block holds the data of the last completed flush
  * or of a later write that reached the disk whole (the last commit is
- * kept only when every slot it names hashes to what was written).
+ * kept only when every slot it names hashes to what was written).  A
+ * compaction names slots without hashes, FRESH ones of the open epoch
+ * too: it clears their mark first (under the block's stripe), so none of
+ * them is written over in place once that log is durable.
  *
  * Saves.  overlay_freeze copies the block map with writers held off (all
  * stripes) for the copy only, and pins the slots: the save reads a
