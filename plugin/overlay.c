@@ -343,6 +343,30 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
   return r;
 }
 
+/* Block b's entry for the compacted log.  A FRESH slot (of the open
+ * epoch, no commit names it yet) loses its mark under b's stripe, where
+ * no in-place write to it is in flight: the log about to become durable
+ * names it without a hash, so it must never be written over in place
+ * again (a torn in-place write would leave bytes of two writes in it).
+ */
+uint64_t
+ov_entry_for_log (struct overlay *ov, uint64_t b)
+{
+  uint64_t e = blockmap_get (ov->map, b);
+  if (tag (e) != TAG_STORE || is_copy (e) || !(e & E_FRESH))
+    return e;
+  struct stripe_set set;
+  ov_stripes_of (&set, b, b + 1);
+  ov_stripes_lock (ov, &set);
+  _Atomic uint64_t *cell = blockmap_cell (ov->map, b);   /* exists: b has data */
+  e = cell ? atomic_load (cell) : E_CLEAN;
+  if (tag (e) == TAG_STORE && (e & E_FRESH) &&
+      atomic_compare_exchange_strong (cell, &e, e & ~(uint64_t) (E_FRESH | E_PARITY)))
+    e &= ~(uint64_t) (E_FRESH | E_PARITY);
+  ov_stripes_unlock (ov, &set);
+  return e;
+}
+
 static int
 publish (struct overlay *ov, uint64_t b, uint64_t k, const uint64_t *s, int *err)
 {

@@ -213,30 +213,6 @@ committer_main (void *arg)
 
 /* ------------------------------------------------------------ compaction */
 
-/* Block b's entry for the compacted log.  A FRESH slot (of the open
- * epoch, no commit names it yet) loses its mark under b's stripe, where
- * no in-place write to it is in flight: the log about to become durable
- * names it without a hash, so it must never be written over in place
- * again (a torn in-place write would leave bytes of two writes in it).
- */
-static uint64_t
-entry_for_log (struct overlay *ov, uint64_t b)
-{
-  uint64_t e = blockmap_get (ov->map, b);
-  if (tag (e) != TAG_STORE || is_copy (e) || !(e & E_FRESH))
-    return e;
-  struct stripe_set set;
-  ov_stripes_of (&set, b, b + 1);
-  ov_stripes_lock (ov, &set);
-  _Atomic uint64_t *cell = blockmap_cell (ov->map, b);
-  e = cell ? atomic_load (cell) : blockmap_get (ov->map, b);
-  if (cell && tag (e) == TAG_STORE && (e & E_FRESH) &&
-      atomic_compare_exchange_strong (cell, &e, e & ~(uint64_t) (E_FRESH | E_PARITY)))
-    e &= ~(uint64_t) (E_FRESH | E_PARITY);
-  ov_stripes_unlock (ov, &set);
-  return e;
-}
-
 /* Emit the whole map as records (a fuzzy walk is fine: every change made
  * meanwhile is also in a later commit, and its data was written before
  * the entry changed, so the compaction's sync covers it).
@@ -246,7 +222,7 @@ emit_state (struct overlay *ov)
 {
   uint64_t b = blockmap_next_other (ov->map, 0, ov->nblocks, E_CLEAN);
   while (b < ov->nblocks) {
-    uint64_t e = entry_for_log (ov, b), nb = b + 1;
+    uint64_t e = ov_entry_for_log (ov, b), nb = b + 1;
     struct jrec r = { .block = b };
     if (is_clean (e)) {         /* copies of the plugin's data are not kept */
       b = is_copy (e) ? b + 1 : blockmap_next_other (ov->map, b, ov->nblocks, E_CLEAN);
@@ -258,7 +234,7 @@ emit_state (struct overlay *ov)
     }
     else if (tag (e) == TAG_STORE) {
       while (nb < ov->nblocks && nb - b < UINT32_MAX &&
-             is_slot (entry_for_log (ov, nb), slot_of (e) + (nb - b)))
+             is_slot (ov_entry_for_log (ov, nb), slot_of (e) + (nb - b)))
         nb++;
       r.kind = REC_SYNCED;
       r.value = slot_of (e);
