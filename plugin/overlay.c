@@ -50,7 +50,10 @@
  * never written again until a later durable commit unreferences them.
  * So after a crash each block holds the data of the last completed flush
  * or of a later write that reached the disk whole (the last commit is
- * kept only when every slot it names hashes to what was written).
+ * kept only when every slot it names hashes to what was written).  A
+ * compaction names slots without hashes, FRESH ones of the open epoch
+ * too: it clears their mark first (under the block's stripe), so none of
+ * them is written over in place once that log is durable.
  *
  * Saves.  overlay_freeze copies the block map with writers held off (all
  * stripes) for the copy only, and pins the slots: the save reads a
@@ -338,6 +341,30 @@ write_in_place (struct overlay *ov, uint64_t b, uint64_t k, const char *src,
   }
   ov_stripes_unlock (ov, &set);
   return r;
+}
+
+/* Block b's entry for the compacted log.  A FRESH slot (of the open
+ * epoch, no commit names it yet) loses its mark under b's stripe, where
+ * no in-place write to it is in flight: the log about to become durable
+ * names it without a hash, so it must never be written over in place
+ * again (a torn in-place write would leave bytes of two writes in it).
+ */
+uint64_t
+ov_entry_for_log (struct overlay *ov, uint64_t b)
+{
+  uint64_t e = blockmap_get (ov->map, b);
+  if (tag (e) != TAG_STORE || is_copy (e) || !(e & E_FRESH))
+    return e;
+  struct stripe_set set;
+  ov_stripes_of (&set, b, b + 1);
+  ov_stripes_lock (ov, &set);
+  _Atomic uint64_t *cell = blockmap_cell (ov->map, b);   /* exists: b has data */
+  e = cell ? atomic_load (cell) : E_CLEAN;
+  if (tag (e) == TAG_STORE && (e & E_FRESH) &&
+      atomic_compare_exchange_strong (cell, &e, e & ~(uint64_t) (E_FRESH | E_PARITY)))
+    e &= ~(uint64_t) (E_FRESH | E_PARITY);
+  ov_stripes_unlock (ov, &set);
+  return e;
 }
 
 static int

@@ -222,7 +222,7 @@ emit_state (struct overlay *ov)
 {
   uint64_t b = blockmap_next_other (ov->map, 0, ov->nblocks, E_CLEAN);
   while (b < ov->nblocks) {
-    uint64_t e = blockmap_get (ov->map, b), nb = b + 1;
+    uint64_t e = ov_entry_for_log (ov, b), nb = b + 1;
     struct jrec r = { .block = b };
     if (is_clean (e)) {         /* copies of the plugin's data are not kept */
       b = is_copy (e) ? b + 1 : blockmap_next_other (ov->map, b, ov->nblocks, E_CLEAN);
@@ -234,7 +234,7 @@ emit_state (struct overlay *ov)
     }
     else if (tag (e) == TAG_STORE) {
       while (nb < ov->nblocks && nb - b < UINT32_MAX &&
-             is_slot (blockmap_get (ov->map, nb), slot_of (e) + (nb - b)))
+             is_slot (ov_entry_for_log (ov, nb), slot_of (e) + (nb - b)))
         nb++;
       r.kind = REC_SYNCED;
       r.value = slot_of (e);

@@ -123,6 +123,11 @@ int ov_zero_blocks (struct overlay *ov, uint64_t b, uint64_t b_end, int *err);
 int ov_write_slots (struct overlay *ov, const uint64_t *s, uint64_t k, const char *src,
                     uint64_t bytes, int *err);
 
+/* Block b's entry for a compaction's log, its FRESH mark cleared first
+ * (overlay.c).
+ */
+uint64_t ov_entry_for_log (struct overlay *ov, uint64_t b);
+
 /* Epoch sections (overlay.c). */
 uint64_t ov_enter (struct overlay *ov);
 void ov_exit (struct overlay *ov, uint64_t e);

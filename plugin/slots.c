@@ -19,9 +19,14 @@ struct slots {
    */
   uint64_t ring[RING];
   _Atomic uint64_t head, tail;
-  /* Free slots that did not fit in the ring; the reclaimer's alone. */
+  /* Free slots that did not fit in the ring, a min-heap (the reclaimer's
+   * alone): adding k slots and moving k to the ring costs O(k log n),
+   * never a pass over all the free slots, so that a commit after a big
+   * trim still costs what it retired.
+   */
   uint64_t *spare;
   size_t nspare, spare_cap;
+  uint64_t work;                  /* heap steps taken, for the tests */
   struct avec limbo[2];           /* retired slot + 1 (0: a failed push) */
 };
 
@@ -129,6 +134,14 @@ cmp_u64 (const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+static void
+heap_swap (uint64_t *v, size_t a, size_t b)
+{
+  uint64_t t = v[a];
+  v[a] = v[b];
+  v[b] = t;
+}
+
 static int
 spare_add (struct slots *s, uint64_t slot)
 {
@@ -140,28 +153,50 @@ spare_add (struct slots *s, uint64_t slot)
     s->spare = p;
     s->spare_cap = cap;
   }
-  s->spare[s->nspare++] = slot;
+  uint64_t *v = s->spare;
+  size_t i = s->nspare++;
+  v[i] = slot;
+  for (; i > 0 && v[(i - 1) / 2] > v[i]; i = (i - 1) / 2, s->work++)
+    heap_swap (v, i, (i - 1) / 2);
   return 0;
 }
 
-/* Move spare slots into the ring, sorted, so that runs of freed blocks
- * come out as runs of consecutive slots again.
+/* The smallest spare slot, taken out of the heap. */
+static uint64_t
+spare_pop (struct slots *s)
+{
+  uint64_t *v = s->spare, top = v[0];
+  size_t n = --s->nspare, i = 0;
+  v[0] = v[n];
+  for (;;) {
+    size_t l = 2 * i + 1, m = i;
+    if (l < n && v[l] < v[m])
+      m = l;
+    if (l + 1 < n && v[l + 1] < v[m])
+      m = l + 1;
+    if (m == i)
+      return top;
+    heap_swap (v, i, m);
+    i = m;
+    s->work++;
+  }
+}
+
+/* Move the smallest spare slots into the ring, ascending, so that runs
+ * of freed blocks come out as runs of consecutive slots again.
  */
 static void
 refill_ring (struct slots *s)
 {
-  if (s->nspare == 0)
-    return;
-  qsort (s->spare, s->nspare, sizeof *s->spare, cmp_u64);
   uint64_t t = atomic_load_explicit (&s->tail, memory_order_relaxed);
   uint64_t h = atomic_load_explicit (&s->head, memory_order_acquire);
   size_t room = RING - (size_t) (t - h), n = s->nspare < room ? s->nspare : room;
   for (size_t i = 0; i < n; ++i)
-    s->ring[(t + i) % RING] = s->spare[i];
+    s->ring[(t + i) % RING] = spare_pop (s);
   atomic_store_explicit (&s->tail, t + n, memory_order_release);
-  memmove (s->spare, s->spare + n, (s->nspare - n) * sizeof *s->spare);
-  s->nspare -= n;
 }
+
+uint64_t slots_work (const struct slots *s) { return s->work; }
 
 /* Punch runs of consecutive slots with one call each. */
 static void

@@ -57,5 +57,9 @@ int slots_rebuild (struct slots *s, const uint64_t *used, size_t n);
  */
 uint64_t slots_end (const struct slots *s);
 uint64_t slots_free_count (const struct slots *s);
+/* Steps the reclaimer took keeping its free slots in order (tests: a
+ * reclaim costs what it frees, not what is already free).
+ */
+uint64_t slots_work (const struct slots *s);
 
 #endif

@@ -2,7 +2,8 @@
  *
  *   latency flush SOCKET N SPAN
  *     N times: a 4 KiB write at a random offset below SPAN, then a flush;
- *     prints "median_ms p99_ms" of the flushes.
+ *     prints "median_ms p99_ms" of the flushes (and, when LATENCY_SAMPLES
+ *     names a file, writes every flush's ms there, one a line, in order).
  *   latency checkpoint SOCKET SPAN
  *     one connection writes 4 KiB at random offsets below SPAN, one at a
  *     time, while another sends one flush (which makes the policy save);
@@ -77,6 +78,12 @@ flush_mode (const char *sock, long n, uint64_t span)
       goto err;
     lat[i] = (now () - t0) * 1000;
   }
+  const char *dump = getenv ("LATENCY_SAMPLES");
+  FILE *f = dump ? fopen (dump, "w") : NULL;
+  for (long i = 0; f && i < n; ++i)
+    fprintf (f, "%.4f\n", lat[i]);
+  if (f)
+    fclose (f);
   printf ("%.3f %.3f\n", pct (lat, (size_t) n, 0.5), pct (lat, (size_t) n, 0.99));
   nbd_close (h);
   return 0;
