@@ -315,6 +315,7 @@ end
 -- One value for describe.  No metamethod is called, and the functions
 -- used are taken now: a policy that replaces string.format or next still
 -- gets its values traced.
+local sfind = string.find
 local sformat, sgsub, mtype, tconcat, rawnext, rawtype = string.format, string.gsub,
   math.type, table.concat, next, type
 local function describe_value (v)
@@ -651,6 +652,9 @@ end
 
 -- The template v of luacow-KEY= expanded with t (called root), for field.
 local function expand_param (field, key, v, t, root)
+  -- A plain path (no brace) is itself: nothing is allocated, so the
+  -- default name still works for a policy that filled its memory cap.
+  if not sfind(v, "[{}]") then return v end
   local s, err, tail = expand_with(v, t, root)
   if not s then fail(field .. ": " .. param_text(key, v) .. ": " .. err .. tail) end
   return s
