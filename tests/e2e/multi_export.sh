@@ -132,6 +132,30 @@ check "... and holds the write and the plugin's data around it" \
   qemu-io -f qcow2 -r -c 'read -P 0x42 0 8192' -c 'read -P 0x65 8192 4096' \
     -c 'read -P 0x42 12288 53248' "$S/e/ov-b.img.qcow2"
 
+# ---------------------------------------------- an interval save borrows a client
+# While a client of the export is connected, an interval save reads the
+# rest of a partly written cluster through that client's context.
+cat >"$S/i.lua" <<'LUA'
+local luacow = require "luacow"
+return {
+  events = { "interval" }, interval = 0.3, journal = false,
+  save = function (ctx) return ctx.event == "interval" and ctx.dirty_bytes > 0 end,
+  name = function (ctx) return luacow.expand(ctx.params.dir .. "/i-{export}.qcow2", ctx) end,
+}
+LUA
+mkdir -p "$S/i"
+: >"$S/nbdkit.log"
+run_nbdkit i.sock file dir="$S/dir" luacow-script="$S/i.lua" luacow-dir="$S/i" || exit 1
+hold_open "nbd+unix:///a.img?socket=$S/i.sock"
+io i.sock a.img w:4096:0x69:4096
+for _ in $(seq 1 100); do [ -f "$S/i/i-a.img.qcow2" ] && break; sleep 0.1; done
+check "an interval save of a named export, a client connected" test -f "$S/i/i-a.img.qcow2"
+check "... read the plugin's data around the write through that client" \
+  qemu-io -f qcow2 -r -c 'read -P 0x41 0 4096' -c 'read -P 0x69 4096 4096' \
+    -c 'read -P 0x41 8192 57344' "$S/i/i-a.img.qcow2"
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
+stop_nbdkit
+
 # ---------------------------------------------- the policy sees the export
 cat >"$S/p.lua" <<'LUA'
 local luacow = require "luacow"
