@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <lauxlib.h>   /* LUA_NOREF */
 #include <lua.h>
 
 #include <nbdkit-filter.h>
