@@ -352,24 +352,26 @@ host_log (lua_State *L)
   return 0;
 }
 
+/* [-0, +1] runs a compiled-in Lua source: its module table. */
 static int
-open_embedded_library (lua_State *L)
+run_embedded (lua_State *L, const unsigned char *src, size_t len, const char *chunk)
 {
-  if (luaL_loadbufferx (L, (const char *) luacow_lua, luacow_lua_len,
-                        "=luacow.lua", "t") != LUA_OK)
+  if (luaL_loadbufferx (L, (const char *) src, len, chunk, "t") != LUA_OK)
     return lua_error (L);
   lua_call (L, 0, 1);
   return 1;
 }
 
 static int
+open_embedded_library (lua_State *L)
+{
+  return run_embedded (L, luacow_lua, luacow_lua_len, "=luacow.lua");
+}
+
+static int
 open_embedded_names (lua_State *L)
 {
-  if (luaL_loadbufferx (L, (const char *) luacow_names_lua, luacow_names_lua_len,
-                        "=luacow/names.lua", "t") != LUA_OK)
-    return lua_error (L);
-  lua_call (L, 0, 1);
-  return 1;
+  return run_embedded (L, luacow_names_lua, luacow_names_lua_len, "=luacow/names.lua");
 }
 
 /* [-0, +0] require "luacow" finds the compiled-in copy, luacow.core
