@@ -365,8 +365,16 @@ exports_open (const char *name)
 static int
 sticky (struct export *ex, const char *msg)
 {
-  nbdkit_error ("%s", msg);
-  ex->init_error = strdup (msg);
+  static const char prefix[] = "luacow: ";
+  char label[EXPORT_LABEL_LEN], *named = NULL;
+  /* A named export's lines say which export they are about. */
+  if (ex->name[0] && strncmp (msg, prefix, sizeof prefix - 1) == 0 &&
+      strncmp (msg, "luacow: export ", 15) != 0 &&
+      asprintf (&named, "luacow: export %s: %s", export_label (ex->name, label),
+                msg + sizeof prefix - 1) == -1)
+    named = NULL;
+  nbdkit_error ("%s", named ? named : msg);
+  ex->init_error = named ? named : strdup (msg);
   return -1;
 }
 
@@ -435,7 +443,9 @@ first_open (struct export *ex, nbdkit_next *next)
                   "cow-on-read %d, cow-on-cache %d", export_label (ex->name, msg),
                   policy_name (env.policy), size, ex->cluster_size, env.mask,
                   ex->cfg.cow_read, ex->cfg.cow_cache);
-  return start_events (ex);
+  if (start_events (ex) == -1)
+    return sticky (ex, "luacow: cannot start its events");
+  return 0;
 }
 
 /* Asking the plugin too makes nbdkit record its size for this
@@ -445,7 +455,7 @@ int
 export_prepare (struct export *ex, nbdkit_next *next)
 {
   pthread_mutex_lock (&ex->lock);
-  int r = ex->overlay ? 0 : first_open (ex, next);
+  int r = ex->overlay && !ex->init_error ? 0 : first_open (ex, next);
   pthread_mutex_unlock (&ex->lock);
   if (r == -1)
     return -1;

@@ -72,6 +72,23 @@ check "without a journal, the save path alone is claimed too" refused s.sock b.i
 check "... and the line says so" logged "the save path $S/two.qcow2 is export \"a.img\"'s already"
 stop_nbdkit
 
+# ---------------------------------------------- one export's bad file
+# A file that cannot be reloaded fails that export's opens, with a line
+# naming it; the other exports are served.
+mkdir -p "$S/bad"
+head -c 4096 /dev/urandom >"$S/bad/ov-b.img.qcow2"
+: >"$S/nbdkit.log"
+run_nbdkit bad.sock file dir="$S/dir" luacow-load="$S/bad/ov-{export}.qcow2" \
+  luacow-save="$S/bad/ov-{export}.qcow2" || exit 1
+check "an export whose file is damaged is refused" refused bad.sock b.img
+check "... with one line naming the export and the file" \
+  logged "luacow: export \"b.img\": $S/bad/ov-b.img.qcow2: "
+check "... every time" refused bad.sock b.img
+check "another export is served meanwhile" io bad.sock a.img w:0:0x7a:4096 r:0:0x7a:4096
+stop_nbdkit
+check "the damaged file is left as it was" test "$(stat -c %s "$S/bad/ov-b.img.qcow2")" -eq 4096
+check "the other export saved" test -f "$S/bad/ov-a.img.qcow2"
+
 # ---------------------------------------------- the cap
 head -c 1M /dev/zero >"$S/one.img"
 run_nbdkit c.sock file "$S/one.img" luacow-max-exports=2 || exit 1
@@ -104,7 +121,7 @@ check "one save per name, all inside the save directory" test "$(ls -A "$S/h" | 
 check "no file name starts with a dot or has a character outside [a-z0-9._%-]" \
   bash -c "! grep -v '^ov-[a-z0-9._%-]*\.qcow2\$' <<<'$files' && ! grep -q '^\.' <<<'$files'"
 check "nothing was written outside it" \
-  test "$(find "$S" -name '*.qcow2' -not -path "$S/h/*" -not -path "$S/ov/*" | wc -l)" -eq 2
+  test "$(find "$S" -name '*.qcow2' -not -path "$S/h/*" -not -path "$S/ov/*" -not -path "$S/bad/*" | wc -l)" -eq 2
 check "the 4 KiB names have short file names" \
   test "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' <<<"$files")" -le 90
 start_hostile || exit 1
