@@ -12,14 +12,14 @@
  * (its qcow2 structure), the journal, the overlay store's directory.  An
  * export's first connection then gives its size: the cluster size is
  * chosen, the overlay built and the file reloaded through that
- * connection's plugin context.  Saves read the plugin through the
- * client's context (flush, close) or, at exit and interval, through a
- * context opened only when a save needs to read and closed after it.
+ * connection's plugin context.  Saves read the plugin through a client's
+ * context: their own at flush and close, any connected one at an
+ * interval; an export's last client copies what later saves would read,
+ * so the exit save reads nothing (exports.h).
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,12 +33,9 @@
 #include "config.h"
 #include "events.h"
 #include "exports.h"
-#include "load.h"
 #include "overlay.h"
 #include "policy.h"
 #include "qcow2_common.h"
-#include "startup.h"
-#include "store.h"
 
 /* -D luacow.verbose=1 logs startup decisions and the overlay's size. */
 NBDKIT_DLL_PUBLIC int luacow_debug_verbose = 0;
