@@ -121,7 +121,7 @@ bg_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 }
 
 /* A client's context joins (prepare) or leaves (finalize) the ones saves
- * may borrow.  Returns how many are left, or -1 (out of memory).
+ * may borrow.  add_conn returns 0, or -1 (out of memory).
  */
 static int
 add_conn (struct export *ex, nbdkit_next *next)
