@@ -509,6 +509,9 @@ end
 -- Expands template with t (root as in placeholder).  Returns the text, or
 -- nil, an error and what follows " in <template>" in the message.
 local function expand_with (template, t, root)
+  -- No brace: the template is its text.  Nothing is allocated, so the
+  -- default name still works for a policy that filled its memory cap.
+  if not sfind(template, "[{}]") then return template end
   local parts, err, tail = parse_template(template)
   if not parts then return nil, err, tail end
   local s, ferr = fill_template(parts, t, root)
@@ -652,9 +655,6 @@ end
 
 -- The template v of luacow-KEY= expanded with t (called root), for field.
 local function expand_param (field, key, v, t, root)
-  -- A plain path (no brace) is itself: nothing is allocated, so the
-  -- default name still works for a policy that filled its memory cap.
-  if not sfind(v, "[{}]") then return v end
   local s, err, tail = expand_with(v, t, root)
   if not s then fail(field .. ": " .. param_text(key, v) .. ": " .. err .. tail) end
   return s
