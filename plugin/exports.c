@@ -67,9 +67,8 @@ static nbdkit_backend *backend;
 
 /* ------------------------------------------------------ the plugin below */
 
-/* The plugin, as the overlay reads it through a client's context. */
-static int
-next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
+int
+exports_next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
 {
   nbdkit_next *next = handle;
   return next->pread (next, buf, count, offset, 0, err);
@@ -420,7 +419,7 @@ first_open (struct export *ex, nbdkit_next *next)
   }
   if (startup_check_savable ((uint64_t) size, ex->cluster_size, msg, sizeof msg) == -1)
     return sticky (ex, msg);
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   struct startup st = { .policy = env.policy, .disk = ex->disk, .size = (uint64_t) size,
                         .cluster_size = ex->cluster_size, .tmpdir = env.tmpdir,
                         .journal = ex->cfg.journal, .load_path = ex->cfg.load };
@@ -480,7 +479,7 @@ export_prepare (struct export *ex, nbdkit_next *next)
 void
 export_finalize (struct export *ex, nbdkit_next *next)
 {
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   char label[EXPORT_LABEL_LEN];
   int err = 0;
   if (!ex->overlay)

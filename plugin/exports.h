@@ -47,6 +47,11 @@ struct export;
 /* Before the fork: configure the default export "".  0, or -1 logged. */
 int exports_init (const struct exports_setup *setup);
 
+/* The plugin through a client's context (handle: its nbdkit_next), as
+ * struct ov_lower reads it.
+ */
+int exports_next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err);
+
 /* The backend through which exit and interval saves open a context. */
 void exports_set_backend (nbdkit_backend *b);
 

@@ -50,14 +50,6 @@ static unsigned event_mask;
 static double event_interval;
 static unsigned max_exports = EXPORTS_DEFAULT_MAX;
 
-/* The plugin below, as the overlay reads it. */
-static int
-next_pread (void *handle, void *buf, uint32_t count, uint64_t offset, int *err)
-{
-  nbdkit_next *next = handle;
-  return next->pread (next, buf, count, offset, 0, err);
-}
-
 /* ------------------------------------------------------------ startup */
 
 static void
@@ -305,7 +297,7 @@ static int
 luacow_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
               uint64_t offset, uint32_t flags, int *err)
 {
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   struct overlay *overlay = export_overlay (handle);
   (void) flags;
   if (overlay_pread (overlay, &lower, buf, count, offset, err) == -1)
@@ -325,7 +317,7 @@ static int
 luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   struct overlay *overlay = export_overlay (handle);
   if (overlay_pwrite (overlay, &lower, buf, count, offset, err) == -1)
     return -1;
@@ -338,7 +330,7 @@ luacow_pwrite (nbdkit_next *next, void *handle, const void *buf, uint32_t count,
 static int
 luacow_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   struct events *ev = export_events (handle);
   (void) flags;
   if (overlay_flush (export_overlay (handle), err) == -1)
@@ -352,7 +344,7 @@ static int
 zero_range (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset, uint32_t flags,
             int *err)
 {
-  struct ov_lower lower = { next_pread, next };
+  struct ov_lower lower = { exports_next_pread, next };
   struct overlay *overlay = export_overlay (handle);
   if (overlay_zero (overlay, &lower, count, offset, err) == -1)
     return -1;
