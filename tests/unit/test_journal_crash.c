@@ -172,6 +172,20 @@ drop_pending (struct sim *s)
   s->npend = 0;
 }
 
+/* After a crash the disk holds after, and nothing is pending: the file
+ * and its durable copy both become it (after is consumed).
+ */
+static void
+restart_from (struct sim *s, struct simfile *after)
+{
+  drop_pending (s);
+  file_free (&s->cur);
+  file_free (&s->durable);
+  file_copy (&s->cur, after);
+  file_copy (&s->durable, after);
+  file_free (after);
+}
+
 static int
 sim_sync (void *h)
 {
@@ -492,12 +506,7 @@ trial (uint32_t bs, uint64_t nblocks, char *why, size_t whylen)
     overlay_free (ov);
     struct simfile after;
     power_loss (&s, &after);
-    drop_pending (&s);
-    file_free (&s.cur);
-    file_free (&s.durable);
-    file_copy (&s.cur, &after);
-    file_copy (&s.durable, &after);
-    file_free (&after);
+    restart_from (&s, &after);
   }
   if (ok) {                    /* the last crash, recovered */
     s.crash_at = -1;
@@ -590,12 +599,7 @@ compaction_vs_in_place (char *why, size_t whylen)
     file_write (&after, s.pend[i].data, s.pend[i].len < SECTOR ? s.pend[i].len : SECTOR,
                 s.pend[i].off);
   overlay_free (ov);
-  drop_pending (&s);
-  file_free (&s.cur);
-  file_free (&s.durable);
-  file_copy (&s.cur, &after);
-  file_copy (&s.durable, &after);
-  file_free (&after);
+  restart_from (&s, &after);
   s.crashed = false;
   ov = open_ov (&s, &m, &rec, oerr);
   ok = ov && overlay_pread (ov, &lower, got, bs, blk * bs, &err) == 0;
