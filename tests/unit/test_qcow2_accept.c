@@ -418,17 +418,8 @@ static void bitmap_cases (void)
 
 int main (void)
 {
-  if (system ("qemu-img --version >/dev/null 2>&1") != 0 ||
-      system ("qemu-io --version >/dev/null 2>&1") != 0) {
-    printf ("not ok 1 - qemu-img and qemu-io are needed (Debian package "
-            "qemu-utils; make deps installs it)\n1..1\n");
+  if (shell_setup (dir, "qcow2-accept", true) == -1)
     return 1;
-  }
-  strcpy (dir, "/tmp/luacow-qcow2-accept.XXXXXX");
-  if (!mkdtemp (dir)) {
-    perror ("mkdtemp");
-    return 1;
-  }
   deflate_cases ();
   zstd_cases ();
   bitmap_cases ();

@@ -165,7 +165,7 @@ static bool verify (const char *name, const char *base, struct result *res,
 
 static void check_image (const char *label, const char *name, const char *base)
 {
-  struct result r;
+  struct result r = { 0 };
   bool ok = verify (name, base, &r, NULL);
   CHECK (ok, "%s: %llu data, %llu compressed, %llu zero (%llu preallocated)",
          label, (unsigned long long) r.data, (unsigned long long) r.compressed,
@@ -240,7 +240,7 @@ static void compressed_images (void)
   }
   for (size_t i = 0; i < 4; i++) {
     char label[80];
-    struct result r;
+    struct result r = { 0 };
     struct qcow2_image *img = NULL;
     bool ok;
 
@@ -276,7 +276,7 @@ static void compressed_images (void)
 
 static void snapshot_images (void)
 {
-  struct result r;
+  struct result r = { 0 };
   bool ok = run ("qemu-img create -q -f qcow2 -o cluster_size=4096 s.qcow2 4M && "
                  "qemu-io -f qcow2 -c 'write -P 1 0 1M' s.qcow2 >/dev/null && "
                  "qemu-img snapshot -c one s.qcow2 && "
@@ -299,7 +299,7 @@ static void snapshot_images (void)
 
 static void zero_images (void)
 {
-  struct result r;
+  struct result r = { 0 };
   bool ok = run ("qemu-img create -q -f qcow2 -o cluster_size=65536 z.qcow2 4M && "
                  "qemu-io -f qcow2 -c 'write -P 7 0 1M' -c 'write -z 0 128k' "
                  "-c 'write -z -u 256k 128k' -c 'write -z 2M 256k' "
@@ -330,7 +330,7 @@ static void zero_images (void)
 
 static void backing_images (void)
 {
-  struct result r;
+  struct result r = { 0 };
   struct qcow2_image *img = NULL;
   bool ok = run ("head -c 3000000 /dev/urandom > base.raw && "
                  "qemu-img create -q -f qcow2 -b base.raw -F raw o.qcow2 && "
@@ -354,7 +354,7 @@ static void backing_images (void)
 
 static void size_images (void)
 {
-  struct result r;
+  struct result r = { 0 };
   bool ok;
 
   ok = run ("head -c 130000 /dev/urandom > odd.raw && "
@@ -419,17 +419,8 @@ static void feature_images (void)
 
 int main (void)
 {
-  if (system ("qemu-img --version >/dev/null 2>&1") != 0 ||
-      system ("qemu-io --version >/dev/null 2>&1") != 0) {
-    printf ("not ok 1 - qemu-img and qemu-io are needed (Debian package "
-            "qemu-utils; make deps installs it)\n1..1\n");
+  if (shell_setup (dir, "qcow2-decode", true) == -1)
     return 1;
-  }
-  strcpy (dir, "/tmp/luacow-qcow2-decode.XXXXXX");
-  if (!mkdtemp (dir)) {
-    perror ("mkdtemp");
-    return 1;
-  }
   plain_images ();
   compressed_images ();
   snapshot_images ();

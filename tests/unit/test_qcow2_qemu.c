@@ -276,16 +276,8 @@ int main (void)
     { 512, 0, QCOW2_COMPRESS_ZSTD, true, 100 },
   };
 
-  if (system ("qemu-img --version >/dev/null 2>&1") != 0) {
-    printf ("not ok 1 - qemu-img is needed (Debian package qemu-utils; "
-            "make deps installs it)\n1..1\n");
+  if (shell_setup (dir, "qcow2-qemu", false) == -1)
     return 1;
-  }
-  strcpy (dir, "/tmp/luacow-qcow2-qemu.XXXXXX");
-  if (!mkdtemp (dir)) {
-    perror ("mkdtemp");
-    return 1;
-  }
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     one_case (&cases[i]);
   rmdir (dir);
