@@ -40,6 +40,8 @@ fd_pread (void *h, void *buf, size_t n, uint64_t off)
 }
 
 static int fd_sync (void *h) { return fdatasync (fd_of (h)); }
+/* The whole file: the kernel walks only its dirty pages. */
+static int fd_writeback (void *h) { return sync_file_range (fd_of (h), 0, 0, SYNC_FILE_RANGE_WRITE); }
 static int fd_truncate (void *h, uint64_t size) { return ftruncate (fd_of (h), (off_t) size); }
 
 static int
@@ -80,6 +82,7 @@ jio_from_fd (struct jio *io, int fd)
   io->punch = fd_punch;
   io->size = fd_size;
   io->close = fd_close;
+  io->writeback = fd_writeback;
   io->h = h;
   return 0;
 }

@@ -25,6 +25,11 @@ struct jio {
   int (*size) (void *h, uint64_t *size);
   void (*close) (void *h);
   void *h;
+  /* Start writing back what was written so far, without waiting for it
+   * and without promising anything (NULL: not supported).  Only sync
+   * makes data durable.
+   */
+  int (*writeback) (void *h);
 };
 
 /* Operations on an open file descriptor (closed by jio.close).  0, or -1

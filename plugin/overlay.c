@@ -649,6 +649,7 @@ overlay_flush (struct overlay *ov, int *err)
 {
   if (!ov->journal)
     return 0;
+  ov_flushing (ov);
   uint64_t target = atomic_load (&ov->epoch);
   if (atomic_load (&ov->committed) > target) {
     int e = atomic_load (&ov->journal_errno);

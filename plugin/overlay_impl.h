@@ -139,6 +139,8 @@ void ov_account (struct overlay *ov, uint64_t old, uint64_t new);
  * for the journal (overlay_durable.c).
  */
 void ov_nudge (struct overlay *ov);
+/* A flush arrived: keep the store writing behind for a while. */
+void ov_flushing (struct overlay *ov);
 
 /* Commit epochs up to now (overlay_durable.c); compact if asked and due. */
 int ov_commit (struct overlay *ov, bool compact, int *err);

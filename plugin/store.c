@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "store.h"
 
 #define GROW_MIN ((uint64_t) 64 << 20)   /* bytes added at least per growth */
@@ -22,6 +24,16 @@ struct store {
   uint64_t max_bytes;         /* RLIMIT_FSIZE, or the largest off_t */
   _Atomic uint64_t file_size;
   pthread_mutex_t grow_lock;
+  struct write_behind {        /* see store.h */
+    bool running, stop, kicked;
+    uint64_t kick;
+    _Atomic uint64_t written;  /* bytes, for spotting each kick's worth */
+    _Atomic uint64_t armed_until;   /* monotonic microseconds */
+    _Atomic uint64_t kicks;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+  } wb;
 };
 
 int
@@ -67,11 +79,28 @@ store_new (const struct jio *io, uint32_t slot_size, uint64_t data_offset)
   return st;
 }
 
+static void
+wb_stop (struct store *st)
+{
+  struct write_behind *wb = &st->wb;
+  if (!wb->running)
+    return;
+  pthread_mutex_lock (&wb->lock);
+  wb->stop = true;
+  pthread_cond_signal (&wb->cond);
+  pthread_mutex_unlock (&wb->lock);
+  pthread_join (wb->thread, NULL);
+  pthread_mutex_destroy (&wb->lock);
+  pthread_cond_destroy (&wb->cond);
+  wb->running = false;
+}
+
 void
 store_free (struct store *st)
 {
   if (!st)
     return;
+  wb_stop (st);
   st->io.close (st->io.h);
   pthread_mutex_destroy (&st->grow_lock);
   free (st);
@@ -117,6 +146,81 @@ store_reserve (struct store *st, uint64_t end)
   return r;
 }
 
+/* ---------------------------------------------------------- write-behind */
+
+static uint64_t now_us (void) { return (uint64_t) (monotonic_seconds () * 1e6); }
+
+static void *
+wb_main (void *arg)
+{
+  struct write_behind *wb = &((struct store *) arg)->wb;
+  struct store *st = arg;
+  pthread_mutex_lock (&wb->lock);
+  for (;;) {
+    while (!wb->kicked && !wb->stop)
+      pthread_cond_wait (&wb->cond, &wb->lock);
+    if (wb->stop)
+      break;
+    wb->kicked = false;
+    pthread_mutex_unlock (&wb->lock);
+    (void) st->io.writeback (st->io.h);   /* a hint: errors show at the sync */
+    atomic_fetch_add (&wb->kicks, 1);
+    pthread_mutex_lock (&wb->lock);
+  }
+  pthread_mutex_unlock (&wb->lock);
+  return NULL;
+}
+
+/* count bytes were written: wake the thread at each kick's worth while
+ * armed.  The clock is read only then, not on every write.
+ */
+static void
+wb_note (struct store *st, uint64_t count)
+{
+  struct write_behind *wb = &st->wb;
+  uint64_t before = atomic_fetch_add_explicit (&wb->written, count, memory_order_relaxed);
+  if (before / wb->kick == (before + count) / wb->kick ||
+      atomic_load_explicit (&wb->armed_until, memory_order_relaxed) < now_us ())
+    return;
+  pthread_mutex_lock (&wb->lock);
+  wb->kicked = true;
+  pthread_cond_signal (&wb->cond);
+  pthread_mutex_unlock (&wb->lock);
+}
+
+int
+store_write_behind_start (struct store *st, uint64_t kick_bytes)
+{
+  struct write_behind *wb = &st->wb;
+  if (wb->running || !st->io.writeback || kick_bytes == 0)
+    return 0;
+  wb->kick = kick_bytes;
+  pthread_mutex_init (&wb->lock, NULL);
+  pthread_cond_init (&wb->cond, NULL);
+  int e = pthread_create (&wb->thread, NULL, wb_main, st);
+  if (e) {
+    pthread_mutex_destroy (&wb->lock);
+    pthread_cond_destroy (&wb->cond);
+    errno = e;
+    return -1;
+  }
+  wb->running = true;
+  return 0;
+}
+
+void
+store_write_behind_arm (struct store *st, double seconds)
+{
+  if (st->wb.running)
+    atomic_store_explicit (&st->wb.armed_until, now_us () + (uint64_t) (seconds * 1e6),
+                           memory_order_relaxed);
+}
+
+uint64_t store_write_behind_kicks (const struct store *st)
+{
+  return atomic_load (&((struct store *) st)->wb.kicks);
+}
+
 int
 store_read (struct store *st, void *buf, uint64_t count, uint64_t offset, int *err)
 {
@@ -136,6 +240,8 @@ store_write (struct store *st, const void *buf, uint64_t count, uint64_t offset,
     nbdkit_error ("luacow: overlay store write: %m");
     return -1;
   }
+  if (st->wb.running)
+    wb_note (st, count);
   return 0;
 }
 

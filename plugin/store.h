@@ -46,6 +46,21 @@ void store_punch (struct store *st, uint64_t slot, uint64_t n);
 /* fdatasync.  0 or -1 with errno. */
 int store_sync (struct store *st);
 
+/* Write-behind.  A journal's flush must fdatasync everything written
+ * since the previous flush, and the sync is short when the kernel has
+ * already sent most of it to the disk.  So while armed, every kick_bytes
+ * written wake a thread that asks the kernel to start writing the file's
+ * dirty pages back (jio.writeback: no waiting, no promise, nothing about
+ * durability changes).  Armed by each flush for a while: a workload that
+ * never asks for durability never writes anything early.  Start: 0, or
+ * -1 with errno (then there is simply no write-behind); a file without
+ * writeback gets none.  Stopped by store_free.
+ */
+int store_write_behind_start (struct store *st, uint64_t kick_bytes);
+void store_write_behind_arm (struct store *st, double seconds);
+/* Times the thread asked the kernel to write back (tests). */
+uint64_t store_write_behind_kicks (const struct store *st);
+
 /* The file operations, for the journal's headers before data_offset. */
 const struct jio *store_io (const struct store *st);
 

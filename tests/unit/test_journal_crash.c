@@ -230,12 +230,17 @@ sim_size (void *h, uint64_t *size)
 }
 
 static void sim_close (void *h) { (void) h; }
+/* A hint that promises nothing: what was written stays pending, to be
+ * dropped, reordered or torn at a crash, until a sync.
+ */
+static int sim_writeback (void *h) { (void) h; return 0; }
 
 static struct jio
 sim_io (struct sim *s)
 {
-  return (struct jio) { sim_pwrite, sim_pread, sim_sync, sim_truncate, sim_punch,
-                        sim_size, sim_close, s };
+  return (struct jio) { .pwrite = sim_pwrite, .pread = sim_pread, .sync = sim_sync,
+                        .truncate = sim_truncate, .punch = sim_punch, .size = sim_size,
+                        .close = sim_close, .h = s, .writeback = sim_writeback };
 }
 
 /* Power loss: the durable image plus some of the pending writes, in a
