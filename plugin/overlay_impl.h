@@ -1,5 +1,6 @@
-/* luacow: the overlay's insides, shared by overlay.c (the request paths)
- * and overlay_durable.c (open, recovery, commits).  See overlay.c.
+/* luacow: the overlay's insides, shared by overlay.c (the request paths),
+ * overlay_durable.c (open, commits, compaction) and overlay_recover.c
+ * (recovery).  See overlay.c.
  */
 #ifndef LUACOW_OVERLAY_IMPL_H
 #define LUACOW_OVERLAY_IMPL_H
@@ -142,7 +143,20 @@ void ov_nudge (struct overlay *ov);
 /* A flush arrived: keep the store writing behind for a while. */
 void ov_flushing (struct overlay *ov);
 
+/* A base file's identity: its size and the CRC of its first MiB
+ * (overlay_recover.c).  0, or -1 with errno.
+ */
+int ov_file_identity (int fd, uint64_t *size, uint32_t *crc);
+/* Replay the journal in ov's store into its block map and slots
+ * (overlay_recover.c).  0, or -1 with err set.
+ */
+int ov_recover (struct overlay *ov, struct ov_recovery *rec, char err[OV_ERRLEN]);
+
 /* Commit epochs up to now (overlay_durable.c); compact if asked and due. */
 int ov_commit (struct overlay *ov, bool compact, int *err);
+/* Rewrite the journal's log from the live block map (overlay_durable.c;
+ * the caller holds commit_lock, or nothing else runs yet).  0 or -1.
+ */
+int ov_compact (struct overlay *ov);
 
 #endif
