@@ -15,7 +15,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/luacow-fuzzj.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 fail () { echo "not ok 1 - fuzz journal recovery: $*"; echo "1..1"; exit 1; }
 
-SRCS="plugin/overlay.c plugin/overlay_durable.c plugin/overlay_fill.c plugin/journal.c plugin/journal_format.c
+SRCS="plugin/overlay.c plugin/overlay_durable.c plugin/overlay_recover.c plugin/overlay_fill.c plugin/journal.c plugin/journal_format.c
       plugin/slots.c plugin/store.c plugin/avec.c plugin/blockmap.c plugin/jio.c plugin/fullio.c
       tests/unit/stubs.c"
 FLAGS="-std=c11 -D_GNU_SOURCE -g -Iplugin $(pkg-config --cflags nbdkit)"
