@@ -67,18 +67,7 @@ local MIN_CLUSTER, MAX_CLUSTER = 512, 2097152
 
 ---------------------------------------------------------------- helpers
 
--- A short printable rendering of any value, for "got ..." in messages.
-local function show (v)
-  local t = type(v)
-  if t == "string" then
-    if #v > 60 then v = v:sub(1, 57) .. "..." end
-    return (string.format("%q", v):gsub("\\\n", "\\n"))
-  elseif t == "number" or t == "boolean" or t == "nil" then
-    return tostring(v)
-  end
-  return t
-end
-
+local show = require("luacow.names")._show
 -- Policy errors: no position, the filter prefixes the script name.
 local function fail (msg)
   error(msg, 0)
@@ -315,7 +304,6 @@ end
 -- One value for describe.  No metamethod is called, and the functions
 -- used are taken now: a policy that replaces string.format or next still
 -- gets its values traced.
-local sfind = string.find
 local sformat, sgsub, mtype, tconcat, rawnext, rawtype = string.format, string.gsub,
   math.type, table.concat, next, type
 local function describe_value (v)
@@ -352,6 +340,8 @@ end
 
 local names = require "luacow.names"
 local sha256, safe_form = names.sha256, names.safe_name
+local is_time, parse_template = names._template.is_time, names._template.parse
+local fill_template, expand_with = names._template.fill, names._template.expand
 
 --- The SHA-256 digest of a string (FIPS 180-4), in pure Lua.
 -- @usage luacow.sha256("abc") --> "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -390,133 +380,6 @@ function M.safe_name (s)
     error("luacow.safe_name: name must be a string, got " .. show(s), 2)
   end
   return safe_form(s)
-end
-
-local function format_value (v)
-  if type(v) == "number" then
-    local i = math.tointeger(v)
-    if i then return string.format("%d", i) end
-    if v == math.floor(v) and v > -1e300 and v < 1e300 then return string.format("%.0f", v) end
-    return tostring(v)
-  end
-  return tostring(v)
-end
-
-local function is_time (key)
-  return key == "time" or key:sub(1, 5) == "time:"
-end
-
--- Expands one placeholder (the text between braces) from t, called root in
--- messages ("ctx" or "disk").  Returns the text, or nil, an error message
--- and, when a value is missing, the path that is nil.
-local DEFAULT_TIME = "%Y%m%d-%H%M%S"
-local function placeholder (key, t, root)
-  if is_time(key) then
-    local fmt = key == "time" and DEFAULT_TIME or key:sub(6)
-    if fmt == "" then return nil, "{time:} needs a format, such as {time:%Y%m%d}" end
-    local now = t.now
-    if now == nil then now = os.time() end
-    if type(now) ~= "number" then
-      return nil, "{" .. key .. "}: " .. root .. ".now must be a number, got " .. show(now)
-    end
-    local ok, s = pcall(os.date, fmt, math.floor(now))
-    if not ok or type(s) ~= "string" then
-      return nil, "{" .. key .. "}: bad time format " .. show(fmt)
-        .. (ok and "" or " (" .. (tostring(s):match("invalid conversion specifier '[^']*'") or tostring(s)) .. ")")
-    end
-    return s
-  end
-  if key == "export" then
-    -- The client's raw name: only its safe form may reach a path.
-    local e = t.export
-    if e == nil then
-      return nil, "{export} has no value (" .. root .. ".export is nil)", root .. ".export"
-    elseif type(e) ~= "string" then
-      return nil, "{export}: " .. root .. ".export must be a string, got " .. show(e)
-    end
-    return safe_form(e)
-  end
-  local cur, path = t, root
-  for seg in (key .. "."):gmatch("(.-)%.") do
-    if seg == "" or not seg:match("^[%a_][%w_]*$") then
-      return nil, "bad placeholder {" .. key
-        .. "}: expected {name}, {a.b.c}, {export}, {time} or {time:FORMAT}"
-    end
-    if cur == nil then
-      return nil, "{" .. key .. "} has no value (" .. path .. " is nil)", path
-    elseif type(cur) ~= "table" then
-      return nil, "{" .. key .. "}: " .. path .. " is a " .. type(cur) .. ", not a table"
-    end
-    cur, path = cur[seg], path .. "." .. seg
-  end
-  local ty = type(cur)
-  if cur == nil then
-    return nil, "{" .. key .. "} has no value (" .. path .. " is nil)", path
-  elseif ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
-    return nil, "{" .. key .. "}: " .. path .. " is a " .. ty .. ", not a string or number"
-  end
-  return format_value(cur)
-end
-
--- Splits a template into literal strings and placeholders ({key = "..."}).
--- Returns the list, or nil, an error and what follows " in <template>" in
--- the message.
-local function parse_template (template)
-  local parts, i, n = {}, 1, #template
-  while i <= n do
-    local c = template:sub(i, i)
-    if c == "{" then
-      if template:sub(i + 1, i + 1) == "{" then
-        parts[#parts + 1] = "{"
-        i = i + 2
-      else
-        local j = template:find("}", i + 1, true)
-        if not j then return nil, ("unclosed '{' at position %d"):format(i), "" end
-        parts[#parts + 1] = { key = template:sub(i + 1, j - 1) }
-        i = j + 1
-      end
-    elseif c == "}" then
-      if template:sub(i + 1, i + 1) ~= "}" then
-        return nil, ("unmatched '}' at position %d"):format(i), " (write }} for a brace)"
-      end
-      parts[#parts + 1] = "}"
-      i = i + 2
-    else
-      local j = template:find("[{}]", i) or n + 1
-      parts[#parts + 1] = template:sub(i, j - 1)
-      i = j
-    end
-  end
-  return parts
-end
-
--- Fills parsed parts from t (root as in placeholder).  Returns the text,
--- or nil, the error, the nil path (if a value is missing) and the key.
-local function fill_template (parts, t, root)
-  local out = {}
-  for i, p in ipairs(parts) do
-    if type(p) == "string" then
-      out[i] = p
-    else
-      local s, err, missing = placeholder(p.key, t, root)
-      if not s then return nil, err, missing, p.key end
-      out[i] = s
-    end
-  end
-  return tconcat(out)
-end
-
--- Expands template with t (root as in placeholder).  Returns the text, or
--- nil, an error and what follows " in <template>" in the message.
-local function expand_with (template, t, root)
-  -- No brace: the template is its text.  Nothing is allocated, so the
-  -- default name still works for a policy that filled its memory cap.
-  if not sfind(template, "[{}]") then return template end
-  local parts, err, tail = parse_template(template)
-  if not parts then return nil, err, tail end
-  local s, ferr = fill_template(parts, t, root)
-  if not s then return nil, ferr, "" end
-  return s
 end
 
 --- Fills a template such as `"{params.name}-{time:%Y%m%d-%H%M%S}-{event}.qcow2"`.
