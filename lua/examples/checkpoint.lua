@@ -9,10 +9,12 @@
 -- of the last luacow-every= seconds (default 30) before the last flush.
 local luacow = require "luacow"
 
+-- A template: serving several exports, put {export} in luacow-save= so
+-- each has its own checkpoint.
 local function file (disk)
   local p = disk.params.save
   if p == nil or p == "" then p = "checkpoint.qcow2" end
-  return p
+  return luacow.expand(p, disk)
 end
 
 return {

@@ -9,10 +9,12 @@
 local luacow = require "luacow"
 
 -- The overlay's path, as given (relative paths are relative to disk.cwd).
+-- A template: serving several exports, put {export} in it
+-- (luacow-save=/var/lib/vm/overlay-{export}.qcow2) so each has its own.
 local function overlay (disk)
   local p = disk.params.save
   if p == nil or p == "" then p = "overlay.qcow2" end
-  return p
+  return luacow.expand(p, disk)
 end
 
 return {

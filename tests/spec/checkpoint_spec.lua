@@ -63,4 +63,11 @@ describe("examples/checkpoint.lua", function ()
     assert.equal("checkpoint.qcow2", luacow.evaluate(P, "load", disk))
     H.rmrf(dir)
   end)
+
+  it("takes {export} in params.save, so that each export has its own checkpoint", function ()
+    assert.equal("cp-disk2.qcow2",
+                 luacow.evaluate(P, "name", ctx({ params = { save = "cp-{export}.qcow2" }, export = "disk2" })))
+    assert.equal("cp-%.qcow2",
+                 luacow.evaluate(P, "name", ctx({ params = { save = "cp-{export}.qcow2" }, export = "" })))
+  end)
 end)

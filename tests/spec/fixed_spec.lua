@@ -49,4 +49,18 @@ describe("examples/fixed.lua", function ()
     H.touch(dir .. "/vm.qcow2")
     assert.equal(dir .. "/vm.qcow2", luacow.evaluate(P, "load", disk))
   end)
+
+  it("gives each export its own file with {export} in params.save", function ()
+    local save = { save = "ov-{export}.qcow2" }
+    assert.equal("ov-disk2.qcow2", luacow.evaluate(P, "name", ctx({ params = save, export = "disk2" })))
+    assert.equal("ov-%41%2fb.qcow2", luacow.evaluate(P, "name", ctx({ params = save, export = "A/b" })))
+    local disk = { size = 1 << 30, params = save, cwd = dir, script = dir .. "/fixed.lua", export = "disk2" }
+    assert.is_nil(luacow.evaluate(P, "load", disk))
+    H.touch(dir .. "/ov-disk2.qcow2")
+    assert.equal("ov-disk2.qcow2", luacow.evaluate(P, "load", disk))
+    disk.export = "disk3"
+    assert.is_nil(luacow.evaluate(P, "load", disk))
+    assert.error_matches(function () luacow.evaluate(P, "name", ctx({ params = { save = "ov-{nope}.qcow2" } })) end,
+                         "{nope} has no value", 1, true)
+  end)
 end)

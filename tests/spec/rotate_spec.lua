@@ -74,6 +74,41 @@ describe("examples/rotate.lua", function ()
     assert.equal(3, #logged)
   end)
 
+  it("gives each export files of its own: load and keep never touch another's", function ()
+    local stamp = os.date("%Y%m%d-%H%M%S", NOW)
+    assert.equal(dir .. "/export-disk2@" .. stamp .. "-exit.qcow2",
+                 luacow.evaluate(P, "name", ctx({ export = "disk2" })))
+    -- "overlay-x" would match the default export's pattern if the names
+    -- were not kept apart; "A/b" must come out escaped.
+    assert.equal(dir .. "/export-overlay-x@" .. stamp .. "-exit.qcow2",
+                 luacow.evaluate(P, "name", ctx({ export = "overlay-x" })))
+    assert.equal(dir .. "/export-%41%2fb@" .. stamp .. "-exit.qcow2",
+                 luacow.evaluate(P, "name", ctx({ export = "A/b" })))
+    local default = old_overlays(3)
+    local others = {}
+    for i, e in ipairs({ "disk2", "disk2-x", "overlay-x" }) do
+      others[e] = dir .. "/export-" .. e .. "@" .. os.date("%Y%m%d-%H%M%S", NOW - 600 + i) .. "-exit.qcow2"
+      H.touch(others[e], NOW - 600 + i)
+    end
+    assert.equal(default[3], luacow.evaluate(P, "load", ctx()))
+    assert.equal(default[3], luacow.evaluate(P, "load", ctx({ export = "" })))
+    assert.equal(others["disk2"], luacow.evaluate(P, "load", ctx({ export = "disk2" })))
+    assert.equal(others["overlay-x"], luacow.evaluate(P, "load", ctx({ export = "overlay-x" })))
+    assert.is_nil(luacow.evaluate(P, "load", ctx({ export = "disk" })))
+    -- keep=1 for export disk2 deletes nothing of the others
+    local newer = dir .. "/export-disk2@" .. stamp .. "-exit.qcow2"
+    H.touch(newer, NOW)
+    luacow.evaluate(P, "saved", ctx({ export = "disk2", params = { keep = "1" } }), { path = newer })
+    assert.is_false(H.exists(others["disk2"]))
+    assert.is_true(H.exists(newer))
+    assert.is_true(H.exists(others["disk2-x"]) and H.exists(others["overlay-x"]))
+    for i = 1, 3 do assert.is_true(H.exists(default[i])) end
+    -- and keep=1 for the default export deletes none of the named ones
+    luacow.evaluate(P, "saved", ctx({ params = { keep = "1" } }), { path = default[3] })
+    assert.is_false(H.exists(default[1]) or H.exists(default[2]))
+    assert.is_true(H.exists(newer) and H.exists(others["disk2-x"]) and H.exists(others["overlay-x"]))
+  end)
+
   it("fails clearly on a bad params.keep", function ()
     old_overlays(2)
     assert.error_matches(function () luacow.evaluate(P, "saved", ctx({ params = { keep = "1.5" } }), { path = "x" }) end,
