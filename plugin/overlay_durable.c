@@ -447,14 +447,15 @@ overlay_open (const struct ov_options *o, struct ov_recovery *rec, char err[OV_E
 int
 overlay_start (struct overlay *ov, char err[OV_ERRLEN])
 {
+  /* Write-behind first: the committer writes through the store too. */
+  if (ov->journal && store_write_behind_start (ov->store, WRITE_BEHIND_KICK) == -1)
+    nbdkit_debug ("luacow: no write-behind thread: %s", strerror (errno));
   int e = pthread_create (&ov->committer, NULL, committer_main, ov);
   if (e) {
     snprintf (err, OV_ERRLEN, "cannot start the commit thread: %s", strerror (e));
     return -1;
   }
   ov->committer_running = true;
-  if (ov->journal && store_write_behind_start (ov->store, WRITE_BEHIND_KICK) == -1)
-    nbdkit_debug ("luacow: no write-behind thread: %s", strerror (errno));
   return 0;
 }
 
@@ -485,6 +486,8 @@ overlay_free (struct overlay *ov)
   if (ov->journal && ov->store) {
     int err;
     overlay_commit (ov, &err);  /* a clean stop leaves a complete journal */
+    nbdkit_debug ("luacow: journal %s: write-behind asked for writeback %" PRIu64 " times",
+                  ov->journal_path, store_write_behind_kicks (ov->store));
   }
   journal_free (ov->journal);
   slots_free (ov->slots);

@@ -10,7 +10,8 @@
 local luacow = require "luacow"
 
 -- A template: serving several exports, put {export} in luacow-save= so
--- each has its own checkpoint.
+-- each has its own checkpoint (not {time} or {event}: load would look for
+-- a file of another name).
 local function file (disk)
   local p = disk.params.save
   if p == nil or p == "" then p = "checkpoint.qcow2" end

@@ -11,6 +11,7 @@ local luacow = require "luacow"
 -- The overlay's path, as given (relative paths are relative to disk.cwd).
 -- A template: serving several exports, put {export} in it
 -- (luacow-save=/var/lib/vm/overlay-{export}.qcow2) so each has its own.
+-- Not {time} or {event}: load would look for a file of another name.
 local function overlay (disk)
   local p = disk.params.save
   if p == nil or p == "" then p = "overlay.qcow2" end

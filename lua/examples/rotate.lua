@@ -11,7 +11,9 @@
 -- Each export has files of its own: a named export's are
 -- DIR/export-NAME@YYYYmmdd-HHMMSS-EVENT.qcow2, NAME being luacow.safe_name
 -- of it.  A safe name never holds "@", so no export's pattern matches
--- another's files: an export reloads and deletes only its own.
+-- another's files: an export reloads and deletes only its own.  (Before,
+-- named exports wrote overlay-*.qcow2 too: move such files away before
+-- serving several exports, or the default export takes them for its own.)
 local luacow = require "luacow"
 
 local TEMPLATE = "{time:%Y%m%d-%H%M%S}-{event}.qcow2"
@@ -30,9 +32,11 @@ local function dir (disk)
   return luacow.resolve(d, disk.cwd)
 end
 
--- This export's files, as a glob(3) pattern.
+-- This export's files, as a glob(3) pattern.  The directory is quoted:
+-- a "[", "*", "?" or backslash in it must match itself, not some other
+-- directory (whose files keep would delete).
 local function pattern (t)
-  return dir(t) .. "/" .. prefix(t) .. "*.qcow2"
+  return (dir(t):gsub("[%[%]*?\\]", "\\%0")) .. "/" .. prefix(t) .. "*.qcow2"
 end
 
 return {

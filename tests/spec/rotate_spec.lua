@@ -109,6 +109,22 @@ describe("examples/rotate.lua", function ()
     assert.is_true(H.exists(newer) and H.exists(others["disk2-x"]) and H.exists(others["overlay-x"]))
   end)
 
+  it("matches only its own directory, even one whose name has glob characters", function ()
+    for _, name in ipairs({ "vm[1]", "v*", "v?1", "back\\slash" }) do
+      H.mkdir(dir .. "/vm1")
+      local theirs = old_overlays(2, dir .. "/vm1")
+      H.mkdir(dir .. "/" .. name)
+      assert.is_nil(luacow.evaluate(P, "load", ctx({ params = { dir = name } })), name)
+      local ours = old_overlays(2, dir .. "/" .. name)
+      assert.equal(ours[2], luacow.evaluate(P, "load", ctx({ params = { dir = name } })), name)
+      luacow.evaluate(P, "saved", ctx({ params = { dir = name, keep = "0" } }), { path = ours[2] })
+      assert.is_false(H.exists(ours[1]) or H.exists(ours[2]), name)
+      assert.is_true(H.exists(theirs[1]) and H.exists(theirs[2]), name)
+      H.rmrf(dir)
+      dir = H.tmpdir()
+    end
+  end)
+
   it("fails clearly on a bad params.keep", function ()
     old_overlays(2)
     assert.error_matches(function () luacow.evaluate(P, "saved", ctx({ params = { keep = "1.5" } }), { path = "x" }) end,

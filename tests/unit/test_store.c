@@ -3,6 +3,7 @@
  * never for a file without writeback, and stops with the store; the
  * data written reads back the same (write-behind moves no bytes).
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +59,42 @@ write_blocks (struct store *st, unsigned first, unsigned n, unsigned char fill)
   return 0;
 }
 
+/* Writers at once, as nbdkit's request threads are: each its own blocks. */
+#define WRITERS 4
+#define PER_WRITER 64u
+#define FIRST_CONCURRENT 100u
+
+struct writer { struct store *st; unsigned id; int r; };
+
+static void *
+writer_main (void *arg)
+{
+  struct writer *w = arg;
+  w->r = write_blocks (w->st, FIRST_CONCURRENT + w->id * PER_WRITER, PER_WRITER,
+                       (unsigned char) (0x10 + w->id));
+  return NULL;
+}
+
+static int
+concurrent_writes (struct store *st)
+{
+  pthread_t t[WRITERS];
+  struct writer w[WRITERS];
+  if (store_reserve (st, FIRST_CONCURRENT + WRITERS * PER_WRITER) == -1)
+    return -1;
+  for (unsigned i = 0; i < WRITERS; ++i) {
+    w[i] = (struct writer) { st, i, -1 };
+    if (pthread_create (&t[i], NULL, writer_main, &w[i]) != 0)
+      return -1;
+  }
+  int r = 0;
+  for (unsigned i = 0; i < WRITERS; ++i) {
+    pthread_join (t[i], NULL);
+    r |= w[i].r;
+  }
+  return r;
+}
+
 int
 main (void)
 {
@@ -101,10 +138,24 @@ main (void)
   CHECK (store_write_behind_kicks (st) == k, "expired: no more kicks (%llu, was %llu)",
          (unsigned long long) store_write_behind_kicks (st), (unsigned long long) k);
 
+  /* 4 writers at once while armed: kicks come, and every block is right. */
+  store_write_behind_arm (st, 30.0);
+  uint64_t before = store_write_behind_kicks (st);
+  CHECK (concurrent_writes (st) == 0, "%d writers wrote %u blocks each at once", WRITERS, PER_WRITER);
+  uint64_t after = wait_kicks (st, before + 1);
+  CHECK (after > before && after - before <= WRITERS * PER_WRITER * BS / KICK,
+         "concurrent writers: kicks came, at most one per kick's worth (%llu)",
+         (unsigned long long) (after - before));
+
   unsigned char got[BS], want[BS];
   int err, same = 1;
   for (unsigned b = 0; b < 66; ++b) {
     memset (want, b < 16 ? 1 : b < 18 ? 2 : b < 50 ? 3 : 4, BS);
+    if (store_read (st, got, BS, (uint64_t) b * BS, &err) == -1 || memcmp (got, want, BS))
+      same = 0;
+  }
+  for (unsigned b = FIRST_CONCURRENT; b < FIRST_CONCURRENT + WRITERS * PER_WRITER; ++b) {
+    memset (want, 0x10 + (b - FIRST_CONCURRENT) / PER_WRITER, BS);
     if (store_read (st, got, BS, (uint64_t) b * BS, &err) == -1 || memcmp (got, want, BS))
       same = 0;
   }
