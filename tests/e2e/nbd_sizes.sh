@@ -121,6 +121,10 @@ kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null
 SAVE64=$SCRATCH/t64.qcow2
 if run_nbdkit t64.sock pattern size="$T64" luacow-save="$SAVE64"; then
   check "64T: nbdinfo --size is $T64" [ "$(timeout 30 nbdinfo --size "$URI")" = "$T64" ]
+  # A second client stays connected, so that the writer's close is not the
+  # export's last: that one copies the clean rest of every partly written
+  # cluster into the store (save_settle), which a measurement must not race.
+  hold_open "$URI"
   nbdsh_tap "64T" SIZES_BASE=pattern SIZES_64T=1
   RSS=$(rss_kb "$NBDKIT_PID")
   echo "# VmRSS: luacow $RSS KiB, bare plugin $BARE_RSS KiB"
@@ -132,9 +136,20 @@ if run_nbdkit t64.sock pattern size="$T64" luacow-save="$SAVE64"; then
     echo "# store $(readlink "$fd"): $((bytes / 1024)) KiB on disk"
     check "64T: the overlay store uses $((bytes / 1024 / 1024)) MiB of disk (>= 64, < 100 MiB)" \
       [ "$bytes" -ge $((64 * 1024 * 1024)) -a "$bytes" -lt $((100 * 1024 * 1024)) ]
+    # The last close copies at most the rest of one 64 KiB cluster per
+    # write (4149 writes): what the exit save will hold, no more.
+    kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
+    prev=-1
+    for _ in $(seq 1 100); do   # until two readings 0.2 s apart agree
+      cur=$(stat -L -c %b "$fd"); [ "$cur" = "$prev" ] && break; prev=$cur; sleep 0.2
+    done
+    settled=$((cur * bsize))
+    check "64T: after the last close the store uses $((settled / 1024 / 1024)) MiB (<= 100 MiB + 4149 x 64 KiB)" \
+      [ "$settled" -ge "$bytes" -a "$settled" -le $(((100 << 20) + 4149 * 65536)) ]
   else
     fail "64T: the overlay store (the journal) is held open by nbdkit"
     ls -l /proc/"$NBDKIT_PID"/fd | sed 's/^/# /'
+    kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
   fi
   check "64T: nothing but the store is left in TMPDIR" [ -z "$(ls -A "$SCRATCH/tmp")" ]
   start=$(date +%s%N)
