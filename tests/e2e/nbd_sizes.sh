@@ -7,7 +7,10 @@
 # content; the base files are never written (sha256).  For 64 TiB, after
 # 64 MiB of writes: nbdkit's RSS stays within 32 MiB of the bare plugin's
 # doing the same reads, and the overlay store (an unlinked file in TMPDIR,
-# measured through /proc/PID/fd) holds under 100 MiB of disk.
+# measured through /proc/PID/fd) holds under 100 MiB of disk while a
+# client is connected, and after the last one leaves no more than the exit
+# save will hold (the clean rest of each partly written cluster is copied
+# in then).
 . "$(dirname "$0")/lib.sh"
 export PATH=/usr/bin:$PATH
 SIZES_PY=$TOP/tests/e2e/src/sizes.py
