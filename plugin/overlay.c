@@ -41,7 +41,10 @@
  * every write acknowledged before it filed its records under an epoch
  * <= e.  It returns once commit(e) (or a later one) has synced: data was
  * written before its records, and one fdatasync makes both durable.  A
- * FUA write is a write followed by such a flush.  Without a journal the
+ * FUA write is a write followed by such a flush.  While flushes come, the
+ * store asks the kernel to start writing data back early (write-behind,
+ * store.h), so that the commit's sync has less to wait for; that orders
+ * nothing: only the sync makes anything durable.  Without a journal the
  * same commits run (every second, in the background) only to reclaim.
  *
  * Recovery invariant.  The journal's durable commits name, for every

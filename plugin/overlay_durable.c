@@ -38,8 +38,6 @@
 #define WRITE_BEHIND_KICK ((uint64_t) 64 << 10)
 #define WRITE_BEHIND_ARMED 1.0
 
-
-
 /* --------------------------------------------------------------- commits */
 
 /* Advance the epoch and wait until no request of the old one runs. */

@@ -58,7 +58,7 @@ int store_sync (struct store *st);
  */
 int store_write_behind_start (struct store *st, uint64_t kick_bytes);
 void store_write_behind_arm (struct store *st, double seconds);
-/* Times the thread asked the kernel to write back (tests). */
+/* Times the thread asked the kernel to write back (tests, the exit debug line). */
 uint64_t store_write_behind_kicks (const struct store *st);
 
 /* The file operations, for the journal's headers before data_offset. */
