@@ -33,7 +33,7 @@
 /* Write-behind (store.h): a kick per this many bytes written, while a
  * flush came within the last WRITE_BEHIND_ARMED seconds.  In `make
  * bench`'s durable jobs, 64 KiB beat 16 and 32 KiB at iodepth 1 (each kick
- * costs CPU) and matched them at iodepth 16.
+ * costs CPU) and came within 5% of them at iodepth 16 (3 runs each).
  */
 #define WRITE_BEHIND_KICK ((uint64_t) 64 << 10)
 #define WRITE_BEHIND_ARMED 1.0
