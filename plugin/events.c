@@ -77,11 +77,7 @@ events_start (const struct events_setup *setup)
   ev->env = *setup;
   pthread_mutex_init (&ev->save_lock, NULL);
   pthread_mutex_init (&ev->interval_lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&ev->interval_cond, &ca);
-  pthread_condattr_destroy (&ca);
+  monotonic_cond_init (&ev->interval_cond);
   if ((ev->env.mask & EVENT_INTERVAL) && ev->env.interval > 0) {
     int e = pthread_create (&ev->interval_thread, NULL, interval_main, ev);
     if (e) {

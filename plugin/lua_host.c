@@ -13,6 +13,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "clock.h"
 #include "lua_host.h"
 
 #define MEMORY_LIMIT (256u << 20)   /* a policy has no business with more */
@@ -282,11 +283,7 @@ run_new (struct lua_host *h, lua_CFunction body, void *arg, void (*release) (voi
   if (!r)
     return NULL;
   *r = (struct run) { .h = h, .body = body, .arg = arg, .release = release };
-  pthread_condattr_t ca;
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&r->cv, &ca);
-  pthread_condattr_destroy (&ca);
+  monotonic_cond_init (&r->cv);
   pthread_mutex_init (&r->mu, NULL);
   return r;
 }

@@ -409,11 +409,7 @@ overlay_open (const struct ov_options *o, struct ov_recovery *rec, char err[OV_E
   pthread_mutex_init (&ov->commit_lock, NULL);
   pthread_mutex_init (&ov->freeze_lock, NULL);
   pthread_mutex_init (&ov->committer_lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&ov->committer_cond, &ca);
-  pthread_condattr_destroy (&ca);
+  monotonic_cond_init (&ov->committer_cond);
   avec_init (&ov->recs[0], sizeof (struct jrec));
   avec_init (&ov->recs[1], sizeof (struct jrec));
   ov->map = blockmap_new (ov->nblocks, E_ZERO);
