@@ -80,8 +80,6 @@ concurrent_writes (struct store *st)
 {
   pthread_t t[WRITERS];
   struct writer w[WRITERS];
-  if (store_reserve (st, FIRST_CONCURRENT + WRITERS * PER_WRITER) == -1)
-    return -1;
   for (unsigned i = 0; i < WRITERS; ++i) {
     w[i] = (struct writer) { st, i, -1 };
     if (pthread_create (&t[i], NULL, writer_main, &w[i]) != 0)
